@@ -1,0 +1,42 @@
+# Each target creates .venv itself when missing; only python3 is needed on the machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test bench lint format clean cross-toolchain
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# The aarch64 cross-compiler used by the rpi4-tvm profile (Debian package).
+cross-toolchain:
+	@command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || { \
+	  echo "installing gcc-aarch64-linux-gnu"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null; }
+
+demo: setup
+	$(BIN)/edgeformer compile efficientformer_l1 --profile host-ort -o out/efficientformer_l1-host-ort
+	$(BIN)/edgeformer profile out/efficientformer_l1-host-ort --ops
+
+test: setup cross-toolchain
+	$(BIN)/python -m pytest -q
+
+bench: setup cross-toolchain
+	$(BIN)/python benchmarks/host_latency.py
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean:
+	rm -rf out build dist *.egg-info .pytest_cache

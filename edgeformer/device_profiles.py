@@ -1,0 +1,235 @@
+"""Device profiles: one TOML file per device, validated against a typed schema.
+
+A profile names the target and its options, the numerics tolerance, optional remote (TVM RPC
+tracker) settings, an optional latency budget, and edits to the target's default pass pipeline.
+Unknown keys and bad values are reported with the file and the key.  ``--profile`` takes a
+shipped profile's name or a path to the user's own TOML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from edgeformer.errors import UnknownNameError, UserError
+
+DEFAULT_PROFILE = "host-ort"
+
+
+def _opt(default, doc: str, choices: tuple | None = None, minimum: float | None = None):
+    meta = {"doc": doc, "choices": choices, "minimum": minimum}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TargetOptions:
+    """Options a target may read; each target documents which ones it uses."""
+
+    threads: int = _opt(0, "intra-op threads (0 = the runtime's default)", minimum=0)
+    optimization_level: str = _opt(
+        "all", "graph optimization level", ("disable", "basic", "extended", "all")
+    )
+    precision: str = _opt("fp32", "compute precision", ("fp32", "fp16", "bf16", "int8"))
+    device: str = _opt("CPU", "runtime device (OpenVINO: CPU, GPU, NPU)")
+    performance_hint: str = _opt("latency", "OpenVINO performance hint", ("latency", "throughput"))
+    execution_mode: str = _opt("sequential", "ORT execution mode", ("sequential", "parallel"))
+    compute_units: str = _opt(
+        "ALL", "Core ML compute units", ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+    )
+    minimum_deployment_target: str = _opt("", "Core ML minimum deployment target, e.g. iOS16")
+    tvm_target: dict = _opt({}, "TVM target as a JSON dict, e.g. {kind='llvm', mcpu='...'}")
+    tvm_host: dict = _opt({}, "TVM host target for cross-compilation (JSON dict)")
+    cross_compiler: str = _opt("", "C compiler used to link the library, e.g. aarch64-linux-gnu-gcc")
+    tuning_trials: int = _opt(0, "MetaSchedule trials used by `edgeformer tune` (0 = the default)", minimum=0)
+    partitioner: str = _opt("xnnpack", "ExecuTorch delegate", ("xnnpack", "none"))
+    aot_only: bool = _opt(False, "compile ahead of time only; running needs the device itself")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Numerics:
+    atol: float = _opt(1e-4, "max abs error allowed against PyTorch", minimum=0.0)
+    rtol: float = _opt(0.0, "relative tolerance added to atol·|ref|", minimum=0.0)
+    min_cosine: float = _opt(0.999, "minimum cosine similarity against PyTorch", minimum=-1.0)
+
+
+@dataclass
+class Remote:
+    tracker: str = _opt("", "TVM RPC tracker as host:port")
+    key: str = _opt("", "device key registered with the tracker")
+    timeout_s: float = _opt(60.0, "seconds to wait for a free device", minimum=0.0)
+
+
+@dataclass
+class Budget:
+    latency_ms: float = _opt(0.0, "target median latency in ms (0 = none)", minimum=0.0)
+
+
+@dataclass
+class Pipeline:
+    add: list = _opt([], "pass names appended to the target's default pipeline")
+    drop: list = _opt([], "pass names removed from the target's default pipeline")
+
+
+@dataclass
+class Profile:
+    name: str
+    target: str
+    description: str = ""
+    options: TargetOptions = field(default_factory=TargetOptions)
+    numerics: Numerics = field(default_factory=Numerics)
+    remote: Remote | None = None
+    budget: Budget = field(default_factory=Budget)
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    path: str = ""  # where it was loaded from
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+_SECTIONS = {"options": TargetOptions, "numerics": Numerics, "remote": Remote, "budget": Budget, "pipeline": Pipeline}
+_TOP = {"name": str, "target": str, "description": str}
+
+
+def _check_value(where: str, key: str, value: Any, typ, meta) -> Any:
+    expect = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+              dict: "a table", list: "a list"}[typ]
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"{where}: key '{key}' must be {expect}, got {value!r}", "fix the profile file")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"{where}: key '{key}' = {value!r} is not one of {', '.join(map(str, choices))}",
+                        "fix the profile file")
+    minimum = meta.get("minimum")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{where}: key '{key}' = {value!r} must be >= {minimum}", "fix the profile file")
+    if typ is list and not all(isinstance(v, str) for v in value):
+        raise UserError(f"{where}: key '{key}' must be a list of strings", "fix the profile file")
+    return value
+
+
+def _section(cls, table: dict, where: str, prefix: str):
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            close = UnknownNameError("key", key, fields).fix
+            raise UserError(f"{where}: unknown key '{prefix}{key}'", close)
+        typ = hints[key]
+        kwargs[key] = _check_value(where, prefix + key, value, typ, fields[key].metadata)
+    return cls(**kwargs)
+
+
+def parse_profile(data: dict, where: str) -> Profile:
+    """Validate a parsed TOML table (``where`` names the file in every message)."""
+    for key in data:
+        if key not in _TOP and key not in _SECTIONS:
+            fix = UnknownNameError("key", key, [*_TOP, *_SECTIONS]).fix
+            raise UserError(f"{where}: unknown key '{key}'", fix)
+    for key in ("name", "target"):
+        if key not in data:
+            raise UserError(f"{where}: missing required key '{key}'", "add it to the profile file")
+    kwargs: dict[str, Any] = {}
+    for key, typ in _TOP.items():
+        if key in data:
+            kwargs[key] = _check_value(where, key, data[key], typ, {})
+    from edgeformer.targets import TARGETS
+
+    if kwargs["target"] not in TARGETS:
+        err = UnknownNameError("target", kwargs["target"], TARGETS)
+        raise UserError(f"{where}: key 'target': {err.problem}", err.fix)
+    for key, cls in _SECTIONS.items():
+        if key in data:
+            if not isinstance(data[key], dict):
+                raise UserError(f"{where}: '{key}' must be a table ([{key}])", "fix the profile file")
+            kwargs[key] = _section(cls, data[key], where, f"{key}.")
+    return Profile(**kwargs)
+
+
+def _shipped() -> dict[str, Any]:
+    root = resources.files("edgeformer.profiles")
+    return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def profile_names() -> list[str]:
+    return sorted(_shipped())
+
+
+def load_profile(name_or_path: str | Path | None = None) -> Profile:
+    """A shipped profile by name, or a TOML file by path."""
+    ref = str(name_or_path or DEFAULT_PROFILE)
+    shipped = _shipped()
+    if ref in shipped:
+        text, where = shipped[ref].read_text(), f"profile {ref}"
+    else:
+        path = Path(ref)
+        if not (path.suffix == ".toml" or path.exists() or "/" in ref):
+            raise UnknownNameError("profile", ref, shipped)
+        if not path.is_file():
+            raise UserError(f"profile file {path} does not exist", "check the path, or use a shipped profile name")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read profile {path}: {err}", "check the file") from err
+        where = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{where} is not valid TOML: {err}", "fix the syntax") from err
+    profile = parse_profile(data, where)
+    profile.path = where
+    return profile
+
+
+def json_schema() -> dict:
+    """JSON Schema of the profile file format (published as edgeformer/schemas/device-profile.schema.json)."""
+    pytype = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "array"}
+
+    def section(cls) -> dict:
+        hints = get_type_hints(cls)
+        props = {}
+        for f in dataclasses.fields(cls):
+            p: dict[str, Any] = {"type": pytype[hints[f.name]], "description": f.metadata.get("doc", "")}
+            if f.metadata.get("choices"):
+                p["enum"] = list(f.metadata["choices"])
+            if f.metadata.get("minimum") is not None:
+                p["minimum"] = f.metadata["minimum"]
+            if hints[f.name] is list:
+                p["items"] = {"type": "string"}
+            props[f.name] = p
+        return {"type": "object", "additionalProperties": False, "properties": props}
+
+    from edgeformer.targets import TARGETS
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "edgeformer device profile",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "target"],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "target": {"enum": sorted(TARGETS)},
+            **{k: section(c) for k, c in _SECTIONS.items()},
+        },
+    }

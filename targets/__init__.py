@@ -1,0 +1,33 @@
+"""Target registry: name -> "module:Class", so listing targets imports no runtime SDK."""
+
+from __future__ import annotations
+
+import importlib
+
+from edgeformer.errors import UnknownNameError
+
+from .base import CompileResult, OpProfile, OpTime, Runner, Target
+
+TARGETS: dict[str, str] = {
+    "onnxruntime": "edgeformer.targets.onnxruntime:OnnxRuntimeTarget",
+    "openvino": "edgeformer.targets.openvino:OpenVinoTarget",
+    "tvm": "edgeformer.targets.tvm:TvmTarget",
+    "coreml": "edgeformer.targets.coreml:CoreMLTarget",
+    "executorch": "edgeformer.targets.executorch:ExecuTorchTarget",
+}
+
+__all__ = ["TARGETS", "CompileResult", "OpProfile", "OpTime", "Runner", "Target", "get_target", "target_names"]
+
+
+def target_names() -> list[str]:
+    return list(TARGETS)
+
+
+def get_target(name: str) -> Target:
+    """Instantiate a target by name.  Importing its module must not import the vendor SDK."""
+    try:
+        path = TARGETS[name]
+    except KeyError:
+        raise UnknownNameError("target", name, TARGETS) from None
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)()

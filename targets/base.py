@@ -1,0 +1,161 @@
+"""The target interface every runtime backend implements.
+
+A target turns the (rewritten) IR into runtime files inside an artifact folder, loads them back
+as a runner, and reports per-op times in the common :class:`OpProfile` format.  Vendor SDKs are
+imported inside methods only, so listing targets never imports openvino, tvm, coremltools or
+executorch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgeformer.device_profiles import Profile
+    from edgeformer.ir import Graph
+    from edgeformer.manifest import Manifest
+
+
+def dist_version(dist: str) -> str | None:
+    """Installed version of a distribution, without importing it."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass
+class CompileResult:
+    """What ``Target.compile`` produced inside the artifact folder."""
+
+    files: list[str]  # paths relative to the artifact folder; the main runtime file first
+    details: dict = field(default_factory=dict)  # target-specific facts for the manifest
+    # Structural checks for targets that cannot run here (Core ML on Linux): name -> passed
+    structural_checks: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class OpTime:
+    name: str  # node name in the runtime's graph
+    type: str  # op type as the runtime names it
+    time_ms: float  # mean time per inference
+    share: float  # time_ms / end-to-end time
+    calls: int = 1  # executions per inference
+    device: str | None = None  # compute unit / execution provider / delegate, when the runtime says
+    source: str | None = None  # source module in the PyTorch model, when traceable
+
+
+@dataclass
+class OpProfile:
+    """Per-op breakdown in the one format every target reports."""
+
+    runtime: str
+    runs: int
+    end_to_end_ms: float  # mean end-to-end time of the profiled runs
+    ops: list[OpTime]  # sorted by time, descending
+    explained_ms: float
+    unexplained_ms: float  # end-to-end minus the sum of op times: never hidden
+    unexplained_share: float
+    by_type: dict[str, float] = field(default_factory=dict)  # op type -> ms, sorted descending
+    by_device: dict[str, int] = field(default_factory=dict)  # device -> op count (placement)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def build(cls, runtime: str, runs: int, end_to_end_ms: float, ops: list[OpTime], notes=()) -> OpProfile:
+        total = end_to_end_ms if end_to_end_ms > 0 else sum(o.time_ms for o in ops) or 1.0
+        for o in ops:
+            o.share = o.time_ms / total
+        ops = sorted(ops, key=lambda o: (-o.time_ms, o.name))
+        explained = sum(o.time_ms for o in ops)
+        by_type: dict[str, float] = {}
+        by_device: dict[str, int] = {}
+        for o in ops:
+            by_type[o.type] = by_type.get(o.type, 0.0) + o.time_ms
+            if o.device:
+                by_device[o.device] = by_device.get(o.device, 0) + 1
+        by_type = dict(sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])))
+        unexplained = end_to_end_ms - explained
+        return cls(
+            runtime=runtime,
+            runs=runs,
+            end_to_end_ms=end_to_end_ms,
+            ops=ops,
+            explained_ms=explained,
+            unexplained_ms=unexplained,
+            unexplained_share=unexplained / total,
+            by_type=by_type,
+            by_device=dict(sorted(by_device.items())),
+            notes=list(notes),
+        )
+
+
+class Runner(ABC):
+    """A loaded artifact.  ``run`` takes and returns numpy arrays in manifest order."""
+
+    @abstractmethod
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def settings(self) -> dict:
+        """Runtime settings in effect (threads, EP, hints), recorded in every profile report."""
+        return {}
+
+
+class Target(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    extra: ClassVar[str]  # pip extra that installs the runtime: pip install 'edgeformer[<extra>]'
+    distributions: ClassVar[tuple[str, ...]]  # runtime distributions whose versions are recorded
+    main_file: ClassVar[str]  # e.g. "model.onnx"
+
+    # ------------------------------------------------------------------ availability / versions
+    @classmethod
+    def is_available(cls) -> str | None:
+        """None when the runtime can be used here, else the reason (and the fix)."""
+        missing = [d for d in cls.distributions if dist_version(d) is None]
+        if missing:
+            return f"{', '.join(missing)} not installed: pip install 'edgeformer[{cls.extra}]'"
+        return None
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {d: v for d in cls.distributions if (v := dist_version(d))}
+
+    def can_run_here(self, profile: Profile) -> str | None:
+        """None when compiled artifacts can execute on this machine, else why not."""
+        return None
+
+    # --------------------------------------------------------------------------- compilation
+    def default_pipeline(self, profile: Profile) -> list[str]:
+        from edgeformer.passes import default_pipeline
+
+        return default_pipeline(self.name)
+
+    def cache_options(self, profile: Profile) -> dict:
+        """Everything besides the IR and versions that changes the compiled files."""
+        return profile.options.to_dict()
+
+    @abstractmethod
+    def compile(self, graph: Graph, profile: Profile, out_dir: Path) -> CompileResult:
+        """Write runtime files into ``out_dir`` (a fresh temp folder) from the rewritten IR."""
+
+    # ------------------------------------------------------------------------------ execution
+    @abstractmethod
+    def load(self, artifact_dir: Path, manifest: Manifest, profile: Profile) -> Runner: ...
+
+    def profile_ops(
+        self, artifact_dir: Path, manifest: Manifest, profile: Profile, inputs: Sequence[np.ndarray], runs: int
+    ) -> OpProfile:
+        raise NotImplementedError(f"{self.name} has no per-op profiler")
