@@ -30,4 +30,12 @@ def get_target(name: str) -> Target:
     except KeyError:
         raise UnknownNameError("target", name, TARGETS) from None
     module, cls = path.split(":")
-    return getattr(importlib.import_module(module), cls)()
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:  # the target module exists but its own import failed: a bug
+            raise
+        from edgeformer.errors import TargetUnavailableError
+
+        raise TargetUnavailableError(f"target {name!r} is not part of this edgeformer build") from None
+    return getattr(mod, cls)()

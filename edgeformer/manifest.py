@@ -1,0 +1,159 @@
+"""``manifest.json``: what an artifact folder holds and how it was made.
+
+Typed dataclasses, validated against ``edgeformer/schemas/manifest.schema.json`` on write and on
+read.  Everything but ``created_at`` and ``compile_time_s`` is deterministic: compiling the same
+input twice gives the same file hashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from edgeformer.errors import UserError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the artifact folder, '/'-separated
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class NumericsReport:
+    status: str  # "passed" | "failed" | "skipped"
+    reference: str = "PyTorch (torch.export program before passes)"
+    max_abs_error: float | None = None
+    cosine: float | None = None
+    atol: float | None = None
+    min_cosine: float | None = None
+    has_nan: bool = False
+    per_output: list[dict] = field(default_factory=list)
+    reason: str = ""  # why skipped, or what failed
+
+
+@dataclass
+class Manifest:
+    model: dict  # {"name", "source": zoo|pt2|factory, "weights": {...}|None}
+    ir_hash: str  # sha256 of the exported program before passes
+    ir_hash_after_passes: str
+    profile: dict  # the validated profile (name, target, options, ...)
+    target: str
+    runtime_versions: dict[str, str]
+    passes: list[dict]  # PassRecord.to_dict() per pass, in order
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    files: list[FileEntry]
+    numerics: NumericsReport
+    compile_time_s: float
+    cache_key: str
+    target_details: dict = field(default_factory=dict)
+    structural_checks: dict[str, bool] = field(default_factory=dict)
+    edgeformer_version: str = ""
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def deterministic_dict(self) -> dict:
+        """Everything except timestamps and timings."""
+        d = self.to_dict()
+        for key in ("created_at", "compile_time_s"):
+            d.pop(key)
+        for p in d["passes"]:
+            p.pop("time_s", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        d = dict(d)
+        d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
+        d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
+        d["files"] = [FileEntry(**f) for f in d["files"]]
+        d["numerics"] = NumericsReport(**d["numerics"])
+        return cls(**d)
+
+    def write(self, folder: Path) -> Path:
+        data = self.to_dict()
+        validate(data, "manifest")
+        path = Path(folder) / MANIFEST
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def schema(name: str) -> dict:
+    return json.loads(resources.files("edgeformer").joinpath(f"schemas/{name}.schema.json").read_text())
+
+
+def validate(data: dict, name: str) -> None:
+    import jsonschema
+
+    jsonschema.validate(data, schema(name))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entries(folder: Path, names: list[str]) -> list[FileEntry]:
+    """sha256 and size of each file; directories (e.g. .mlpackage) expand to their files, sorted."""
+    out = []
+    for name in names:
+        p = folder / name
+        paths = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for q in paths:
+            rel = q.relative_to(folder).as_posix()
+            out.append(FileEntry(rel, sha256_file(q), q.stat().st_size))
+    return sorted(out, key=lambda e: e.path)
+
+
+def read_manifest(folder: str | Path, *, verify_files: bool = True) -> Manifest:
+    """Read and validate an artifact's manifest; with ``verify_files`` check every sha256."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(f"artifact folder {folder} does not exist", "create it with `edgeformer compile MODEL -o DIR`")
+    if not path.is_file():
+        raise UserError(f"{folder} has no {MANIFEST}: not an edgeformer artifact", "compile one with `edgeformer compile`")
+    try:
+        data = json.loads(path.read_text())
+        validate(data, "manifest")
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise UserError(f"{path} is corrupt ({type(err).__name__})", "re-run `edgeformer compile`") from err
+    except Exception as err:  # jsonschema.ValidationError
+        if type(err).__name__ == "ValidationError":
+            raise UserError(f"{path} does not match the manifest schema: {err.message}",
+                            "re-run `edgeformer compile`") from err
+        raise
+    if verify_files:
+        for entry in manifest.files:
+            f = folder / entry.path
+            if f.is_symlink() or not f.resolve().is_relative_to(folder.resolve()):
+                raise UserError(f"artifact file {entry.path} points outside {folder}", "re-run `edgeformer compile`")
+            if not f.is_file():
+                raise UserError(f"artifact file {f} is missing", "re-run `edgeformer compile`")
+            if sha256_file(f) != entry.sha256:
+                raise UserError(f"artifact file {f} is corrupt (sha256 does not match the manifest)",
+                                "re-run `edgeformer compile`")
+    return manifest
