@@ -233,3 +233,7 @@ def json_schema() -> dict:
             **{k: section(c) for k, c in _SECTIONS.items()},
         },
     }
+
+
+if __name__ == "__main__":  # regenerate the published schema file
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

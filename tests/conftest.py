@@ -1,0 +1,66 @@
+"""Suite-wide fixtures: an isolated compile cache, small thread counts, tiny model factories."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+FACTORY_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x)))
+            return self.head(x.mean((2, 3)))
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 4)
+            self.b = nn.Linear(5, 4)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    def tiny():
+        return Tiny()
+
+    def two_inputs():
+        return TwoInputs()
+
+    def not_a_module():
+        return {"weights": 1}
+
+    NUMBER = 3
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own compile/tuning cache so tests never see each other's artifacts."""
+    monkeypatch.setenv("EDGEFORMER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """A user's own module file `mymodels.py` importable as `mymodels:tiny` from the working folder."""
+    (tmp_path / "mymodels.py").write_text(FACTORY_SOURCE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    import sys
+
+    sys.modules.pop("mymodels", None)
