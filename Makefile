@@ -29,8 +29,12 @@ demo: setup
 test: setup cross-toolchain
 	$(BIN)/python -m pytest -q
 
+# Side-by-side measurements (not tests); each writes bench-results/<name>.json.
+BENCHES ?= host_latency passes targets tvm_tuning train_tiny zoo
 bench: setup cross-toolchain
-	$(BIN)/python benchmarks/host_latency.py
+	@set -e; for b in $(BENCHES); do \
+	  if [ -f benchmarks/$$b.py ]; then echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; fi; \
+	done
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -12,8 +12,9 @@ from pathlib import Path
 RESULTS = Path(os.environ.get("EDGEFORMER_BENCH_DIR", Path(__file__).resolve().parent.parent / "bench-results"))
 
 
-def alternate(candidates: dict[str, Callable[[], object]], *, rounds: int = 10, per_round: int = 5,
-              warmup: int = 3) -> dict[str, list[float]]:
+def alternate(
+    candidates: dict[str, Callable[[], object]], *, rounds: int = 10, per_round: int = 5, warmup: int = 3
+) -> dict[str, list[float]]:
     """Time every candidate in interleaved rounds so machine noise hits all of them alike.
 
     Returns per-call milliseconds per candidate (rounds × per_round samples each).

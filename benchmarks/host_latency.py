@@ -34,13 +34,13 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
     import torch
+    from edgeformer.targets.onnxruntime import export_onnx
 
     from edgeformer.compiler import compile
     from edgeformer.device_profiles import load_profile
     from edgeformer.profiling import machine_info
     from edgeformer.runtime import load_artifact
     from edgeformer.sources import load_model
-    from edgeformer.targets.onnxruntime import export_onnx
 
     torch.set_num_threads(args.threads)
     src = load_model(args.model)
@@ -88,21 +88,36 @@ def main(argv=None) -> int:
         "edgeformer_at_least_as_fast_as_plain_ort": ratios["plain_ort_over_edgeformer"] >= 1.0,
         "edgeformer_2.5x_faster_than_eager": ratios["eager_over_edgeformer"] >= 2.5,
     }
-    print(f"{args.model}, 224x224 batch 1 fp32, {args.threads} threads, {args.rounds}x{args.per_round} alternating runs")
+    print(
+        f"{args.model}, 224x224 batch 1 fp32, {args.threads} threads, {args.rounds}x{args.per_round} alternating runs"
+    )
     print(f"{'path':<22}{'median ms':>11}{'p90 ms':>10}{'min ms':>10}")
     for name, s in stats.items():
         print(f"{name:<22}{s['median_ms']:>11.2f}{s['p90_ms']:>10.2f}{s['min_ms']:>10.2f}")
-    print(f"eager / edgeformer      = {ratios['eager_over_edgeformer']:.2f}x   (goal >= 2.5x: "
-          f"{'met' if goals['edgeformer_2.5x_faster_than_eager'] else 'NOT met'})")
-    print(f"plain ORT / edgeformer  = {ratios['plain_ort_over_edgeformer']:.2f}x   (goal >= 1.0x: "
-          f"{'met' if goals['edgeformer_at_least_as_fast_as_plain_ort'] else 'NOT met'})")
+    print(
+        f"eager / edgeformer      = {ratios['eager_over_edgeformer']:.2f}x   (goal >= 2.5x: "
+        f"{'met' if goals['edgeformer_2.5x_faster_than_eager'] else 'NOT met'})"
+    )
+    print(
+        f"plain ORT / edgeformer  = {ratios['plain_ort_over_edgeformer']:.2f}x   (goal >= 1.0x: "
+        f"{'met' if goals['edgeformer_at_least_as_fast_as_plain_ort'] else 'NOT met'})"
+    )
     print(f"passes applied: {', '.join(p['name'] for p in report.manifest.passes if p['changed']) or '(none)'}")
-    path = write_result("host_latency", {
-        "model": args.model, "threads": args.threads, "rounds": args.rounds, "per_round": args.per_round,
-        "stats": stats, "ratios": ratios, "goals": goals, "machine": machine_info(),
-        "compile_s": {"plain_ort": plain_s, "edgeformer": ef_s},
-        "passes": [p["name"] for p in report.manifest.passes if p["changed"]],
-    })
+    path = write_result(
+        "host_latency",
+        {
+            "model": args.model,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "per_round": args.per_round,
+            "stats": stats,
+            "ratios": ratios,
+            "goals": goals,
+            "machine": machine_info(),
+            "compile_s": {"plain_ort": plain_s, "edgeformer": ef_s},
+            "passes": [p["name"] for p in report.manifest.passes if p["changed"]],
+        },
+    )
     print(f"wrote {path}")
     return 0
 

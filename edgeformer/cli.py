@@ -24,9 +24,9 @@ log = logging.getLogger("edgeformer")
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
-
     import shutil
+
+    from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(160, shutil.get_terminal_size().columns)
@@ -78,21 +78,39 @@ def cmd_models(args) -> int:
 
     specs = list_models()
     if args.json:
-        _emit_json([
-            {"name": s.name, "family": s.family, "params": s.params, "published_params": s.published_params,
-             "macs": s.macs, "published_macs": s.published_macs, "input_shapes": [list(x) for x in s.input_shapes],
-             "paper": s.paper, "tags": list(s.tags), "num_classes": s.num_classes,
-             "checkpoint_layouts": list(s.checkpoint_layouts)}
-            for s in specs
-        ])
+        _emit_json(
+            [
+                {
+                    "name": s.name,
+                    "family": s.family,
+                    "params": s.params,
+                    "published_params": s.published_params,
+                    "macs": s.macs,
+                    "published_macs": s.published_macs,
+                    "input_shapes": [list(x) for x in s.input_shapes],
+                    "paper": s.paper,
+                    "tags": list(s.tags),
+                    "num_classes": s.num_classes,
+                    "checkpoint_layouts": list(s.checkpoint_layouts),
+                }
+                for s in specs
+            ]
+        )
         return 0
     rows = [
-        (s.name, s.family, _fmt_count(s.params), _fmt_count(s.macs), " ".join("x".join(map(str, x)) for x in s.input_shapes),
-         _short_paper(s.paper))
+        (
+            s.name,
+            s.family,
+            _fmt_count(s.params),
+            _fmt_count(s.macs),
+            " ".join("x".join(map(str, x)) for x in s.input_shapes),
+            _short_paper(s.paper),
+        )
         for s in specs
     ]
-    _console().print(_table("zoo models", ["name", "family", "params", "MACs", "input", "paper"], rows,
-                            justify_right=(2, 3)))
+    _console().print(
+        _table("zoo models", ["name", "family", "params", "MACs", "input", "paper"], rows, justify_right=(2, 3))
+    )
     return 0
 
 
@@ -104,32 +122,48 @@ def cmd_profiles(args) -> int:
         _emit_json([p.to_dict() for p in profiles])
         return 0
     rows = [(p.name, p.target, p.description) for p in profiles]
-    _console().print(_table("device profiles (or pass --profile path/to/own.toml)", ["name", "target", "description"], rows))
+    _console().print(
+        _table("device profiles (or pass --profile path/to/own.toml)", ["name", "target", "description"], rows)
+    )
     return 0
 
 
 def cmd_targets(args) -> int:
-    from edgeformer.targets import get_target, target_names
-
     from edgeformer.errors import TargetUnavailableError
+    from edgeformer.targets import get_target, target_names
 
     out = []
     for name in target_names():
         try:
             t = get_target(name)
         except TargetUnavailableError as err:
-            out.append({"name": name, "available": False, "reason": str(err), "versions": {}, "description": "",
-                        "extra": ""})
+            out.append(
+                {"name": name, "available": False, "reason": str(err), "versions": {}, "description": "", "extra": ""}
+            )
             continue
         reason = t.is_available()
-        out.append({"name": name, "available": reason is None, "reason": reason or "", "versions": t.versions(),
-                    "description": t.description, "extra": t.extra})
+        out.append(
+            {
+                "name": name,
+                "available": reason is None,
+                "reason": reason or "",
+                "versions": t.versions(),
+                "description": t.description,
+                "extra": t.extra,
+            }
+        )
     if args.json:
         _emit_json(out)
         return 0
-    rows = [(o["name"], "yes" if o["available"] else "no",
-             ", ".join(f"{k} {v}" for k, v in o["versions"].items()) or "-", o["reason"] or o["description"])
-            for o in out]
+    rows = [
+        (
+            o["name"],
+            "yes" if o["available"] else "no",
+            ", ".join(f"{k} {v}" for k, v in o["versions"].items()) or "-",
+            o["reason"] or o["description"],
+        )
+        for o in out
+    ]
     _console().print(_table("targets", ["target", "available", "runtime", "notes"], rows))
     return 0
 
@@ -139,15 +173,22 @@ def cmd_passes(args) -> int:
 
     passes = describe_passes()
     if args.json:
-        _emit_json({"passes": [{"name": n, "summary": s, "exact": e} for n, s, e in passes],
-                    "pipelines": PIPELINES, "target_pipelines": TARGET_PIPELINES})
+        _emit_json(
+            {
+                "passes": [{"name": n, "summary": s, "exact": e} for n, s, e in passes],
+                "pipelines": PIPELINES,
+                "target_pipelines": TARGET_PIPELINES,
+            }
+        )
         return 0
     con = _console()
     con.print(_table("passes", ["name", "kind", "summary"], [(n, "exact" if e else "approx", s) for n, s, e in passes]))
     for name, names in PIPELINES.items():
         used = [t for t, p in TARGET_PIPELINES.items() if p == name]
-        con.print(f"pipeline [bold]{name}[/bold]{' (default for ' + ', '.join(used) + ')' if used else ''}: "
-                  f"{' → '.join(names) or '(empty)'}")
+        con.print(
+            f"pipeline [bold]{name}[/bold]{' (default for ' + ', '.join(used) + ')' if used else ''}: "
+            f"{' → '.join(names) or '(empty)'}"
+        )
     return 0
 
 
@@ -158,11 +199,20 @@ def cmd_export(args) -> int:
     path = src.graph.save(args.output)
     s = src.graph.summary()
     if args.json:
-        _emit_json({"path": str(path), "ir_hash": s.ir_hash, "parameters": s.parameters, "macs": s.total_macs,
-                    "nodes": len(s.nodes)})
+        _emit_json(
+            {
+                "path": str(path),
+                "ir_hash": s.ir_hash,
+                "parameters": s.parameters,
+                "macs": s.total_macs,
+                "nodes": len(s.nodes),
+            }
+        )
     else:
-        _console().print(f"wrote [bold]{path}[/bold]  ir sha256 {s.ir_hash[:16]}  {len(s.nodes)} ops  "
-                         f"{_fmt_count(s.parameters)} params  {_fmt_count(s.total_macs)} MACs")
+        _console().print(
+            f"wrote [bold]{path}[/bold]  ir sha256 {s.ir_hash[:16]}  {len(s.nodes)} ops  "
+            f"{_fmt_count(s.parameters)} params  {_fmt_count(s.total_macs)} MACs"
+        )
     return 0
 
 
@@ -183,24 +233,48 @@ def cmd_compile(args) -> int:
 
     con = _console(stderr=True)
     if args.json or not con.is_terminal and not args.progress:
-        report = compile(args.model, args.profile, args.output, input_shapes=_shapes(args), weights=args.weights,
-                         passes=args.passes, check=not args.no_check, dump_ir=args.dump_ir, explain=args.explain,
-                         use_cache=not args.no_cache,
-                         on_stage=None if args.json else (lambda s, m: con.print(f"[dim]{s:>7}[/dim] {m}")))
+        # Not a terminal: no progress display (stages are logged with --verbose), so an error
+        # stays the single line on stderr.
+        report = compile(
+            args.model,
+            args.profile,
+            args.output,
+            input_shapes=_shapes(args),
+            weights=args.weights,
+            passes=args.passes,
+            check=not args.no_check,
+            dump_ir=args.dump_ir,
+            explain=args.explain,
+            use_cache=not args.no_cache,
+        )
     else:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con,
-                      transient=False) as progress:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con, transient=True
+        ) as progress:
             task = progress.add_task("starting", total=len(STAGES))
 
             def on_stage(stage: str, msg: str) -> None:
-                progress.update(task, description=f"[bold]{stage}[/bold] {msg}",
-                                completed=STAGES.index(stage) if stage in STAGES else 0)
+                progress.update(
+                    task,
+                    description=f"[bold]{stage}[/bold] {msg}",
+                    completed=STAGES.index(stage) if stage in STAGES else 0,
+                )
 
-            report = compile(args.model, args.profile, args.output, input_shapes=_shapes(args), weights=args.weights,
-                             passes=args.passes, check=not args.no_check, dump_ir=args.dump_ir, explain=args.explain,
-                             use_cache=not args.no_cache, on_stage=on_stage)
+            report = compile(
+                args.model,
+                args.profile,
+                args.output,
+                input_shapes=_shapes(args),
+                weights=args.weights,
+                passes=args.passes,
+                check=not args.no_check,
+                dump_ir=args.dump_ir,
+                explain=args.explain,
+                use_cache=not args.no_cache,
+                on_stage=on_stage,
+            )
             progress.update(task, completed=len(STAGES), description="[bold]done[/bold]")
     m = report.manifest
     if args.json:
@@ -214,20 +288,39 @@ def _print_compile_summary(report) -> None:
     m = report.manifest
     con = _console()
     cached = f"  [yellow](cached: identical compile skipped, key {m.cache_key[:12]})[/yellow]" if report.cached else ""
-    con.print(f"[bold]{m.model['name']}[/bold] → [bold]{m.target}[/bold] (profile {m.profile['name']}) "
-              f"in {report.path}{cached}")
-    rows = [(p["name"], "exact" if p["exact"] else "approx", p["matched"], p["nodes_removed"], p["params_folded"],
-             "-" if p.get("max_abs_diff") is None else f"{p['max_abs_diff']:.2e}") for p in m.passes]
+    con.print(
+        f"[bold]{m.model['name']}[/bold] → [bold]{m.target}[/bold] (profile {m.profile['name']}) "
+        f"in {report.path}{cached}"
+    )
+    rows = [
+        (
+            p["name"],
+            "exact" if p["exact"] else "approx",
+            p["matched"],
+            p["nodes_removed"],
+            p["params_folded"],
+            "-" if p.get("max_abs_diff") is None else f"{p['max_abs_diff']:.2e}",
+        )
+        for p in m.passes
+    ]
     if rows:
-        con.print(_table("passes", ["pass", "kind", "matched", "nodes removed", "params folded", "max |Δ|"], rows,
-                         justify_right=(2, 3, 4, 5)))
+        con.print(
+            _table(
+                "passes",
+                ["pass", "kind", "matched", "nodes removed", "params folded", "max |Δ|"],
+                rows,
+                justify_right=(2, 3, 4, 5),
+            )
+        )
     n = m.numerics
     if n.status == "skipped":
         con.print(f"numerics: [yellow]skipped[/yellow] ({n.reason})")
     else:
         colour = "green" if n.status == "passed" else "red"
-        con.print(f"numerics vs PyTorch: [{colour}]{n.status}[/{colour}]  max abs error {n.max_abs_error:.3e} "
-                  f"(atol {n.atol:g})  cosine {n.cosine:.8f}")
+        con.print(
+            f"numerics vs PyTorch: [{colour}]{n.status}[/{colour}]  max abs error {n.max_abs_error:.3e} "
+            f"(atol {n.atol:g})  cosine {n.cosine:.8f}"
+        )
     files = ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in m.files)
     con.print(f"files: {files}")
     versions = ", ".join(f"{k} {v}" for k, v in sorted(m.runtime_versions.items()))
@@ -237,9 +330,19 @@ def _print_compile_summary(report) -> None:
 def cmd_profile(args) -> int:
     from edgeformer.profiling import profile_artifact
 
-    report = profile_artifact(args.artifact, min_runs=args.runs, min_seconds=args.min_seconds, warmup=args.warmup,
-                              cooldown_s=args.cooldown, ops=args.ops, ops_runs=args.ops_runs, threads=args.threads,
-                              remote=args.remote, key=args.key, output=args.output)
+    report = profile_artifact(
+        args.artifact,
+        min_runs=args.runs,
+        min_seconds=args.min_seconds,
+        warmup=args.warmup,
+        cooldown_s=args.cooldown,
+        ops=args.ops,
+        ops_runs=args.ops_runs,
+        threads=args.threads,
+        remote=args.remote,
+        key=args.key,
+        output=args.output,
+    )
     if args.json:
         _emit_json(report.to_dict())
         return 0
@@ -251,27 +354,69 @@ def print_profile(report, *, top: int = 15) -> None:
     con = _console()
     a, lat, mach = report.artifact, report.latency, report.machine
     where = f"remote {report.remote.get('key')}@{report.remote.get('tracker')}" if report.remote else "this machine"
-    con.print(f"[bold]{a['model']}[/bold] on [bold]{a['target']}[/bold] ({a['profile']}), {where}: "
-              f"{mach.get('cpu_model', '?')}, {mach.get('usable_cores', mach.get('logical_cores'))} cores")
+    con.print(
+        f"[bold]{a['model']}[/bold] on [bold]{a['target']}[/bold] ({a['profile']}), {where}: "
+        f"{mach.get('cpu_model', '?')}, {mach.get('usable_cores', mach.get('logical_cores'))} cores"
+    )
     settings = ", ".join(f"{k}={v}" for k, v in report.settings.items())
     con.print(f"[dim]settings: {settings}[/dim]")
-    rows = [(f"{x:.3f}" if isinstance(x, float) else x) for x in (
-        report.load_ms, report.first_inference_ms, lat["median_ms"], lat["p90_ms"], lat["p99_ms"], lat["min_ms"],
-        lat["mean_ms"], lat["std_ms"], lat["runs"])]
-    con.print(_table("latency (ms)", ["load", "first", "median", "p90", "p99", "min", "mean", "std", "runs"], [rows],
-                     justify_right=range(9)))
+    rows = [
+        (f"{x:.3f}" if isinstance(x, float) else x)
+        for x in (
+            report.load_ms,
+            report.first_inference_ms,
+            lat["median_ms"],
+            lat["p90_ms"],
+            lat["p99_ms"],
+            lat["min_ms"],
+            lat["mean_ms"],
+            lat["std_ms"],
+            lat["runs"],
+        )
+    ]
+    con.print(
+        _table(
+            "latency (ms)",
+            ["load", "first", "median", "p90", "p99", "min", "mean", "std", "runs"],
+            [rows],
+            justify_right=range(9),
+        )
+    )
     if report.budget:
         ok = report.budget["met"]
         con.print(f"budget {report.budget['latency_ms']} ms: " + ("[green]met[/green]" if ok else "[red]missed[/red]"))
     if report.ops:
         ops = report.ops
-        rows = [(o["name"], o["type"], o.get("source") or "", o.get("device") or "", f"{o['time_ms']:.4f}",
-                 f"{100 * o['share']:.1f}%") for o in ops["ops"][:top]]
-        rows.append(("(unexplained: runtime overhead between ops)", "", "", "", f"{ops['unexplained_ms']:.4f}",
-                     f"{100 * ops['unexplained_share']:.1f}%"))
-        con.print(_table(f"top {min(top, len(ops['ops']))} of {len(ops['ops'])} ops, mean of {ops['runs']} runs "
-                         f"(end to end {ops['end_to_end_ms']:.3f} ms)",
-                         ["op", "type", "source module", "device", "ms", "share"], rows, justify_right=(4, 5)))
+        rows = [
+            (
+                o["name"],
+                o["type"],
+                o.get("source") or "",
+                o.get("device") or "",
+                f"{o['time_ms']:.4f}",
+                f"{100 * o['share']:.1f}%",
+            )
+            for o in ops["ops"][:top]
+        ]
+        rows.append(
+            (
+                "(unexplained: runtime overhead between ops)",
+                "",
+                "",
+                "",
+                f"{ops['unexplained_ms']:.4f}",
+                f"{100 * ops['unexplained_share']:.1f}%",
+            )
+        )
+        con.print(
+            _table(
+                f"top {min(top, len(ops['ops']))} of {len(ops['ops'])} ops, mean of {ops['runs']} runs "
+                f"(end to end {ops['end_to_end_ms']:.3f} ms)",
+                ["op", "type", "source module", "device", "ms", "share"],
+                rows,
+                justify_right=(4, 5),
+            )
+        )
         by_type = list(ops.get("by_type", {}).items())[:8]
         if by_type:
             con.print("by type: " + ", ".join(f"{k} {v:.3f} ms" for k, v in by_type))
@@ -312,19 +457,29 @@ def cmd_tune(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    def flags(default):
+        # The same flags at top level and after the subcommand; the subcommand copies default to
+        # SUPPRESS so `edgeformer --debug inspect X` is not reset by the subparser's defaults.
+        parser = argparse.ArgumentParser(add_help=False)
+        parser.add_argument("--json", action="store_true", default=default, help="machine-readable output on stdout")
+        parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log what each stage does")
+        parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks for errors")
+        return parser
+
+    top, common = flags(False), flags(argparse.SUPPRESS)
 
     model_args = argparse.ArgumentParser(add_help=False)
     model_args.add_argument("model", metavar="MODEL", help="zoo name, file.pt2, or package.module:factory")
-    model_args.add_argument("--input-shape", action="append", metavar="1x3x224x224",
-                            help="example input shape (repeat for several inputs)")
+    model_args.add_argument(
+        "--input-shape", action="append", metavar="1x3x224x224", help="example input shape (repeat for several inputs)"
+    )
     model_args.add_argument("--weights", metavar="PATH", help="checkpoint (.safetensors, or .pth loaded weights-only)")
 
-    p = argparse.ArgumentParser(prog="edgeformer", description="Deployment compiler for efficient transformers "
-                                "on edge and mobile devices.", parents=[common])
+    p = argparse.ArgumentParser(
+        prog="edgeformer",
+        description="Deployment compiler for efficient transformers on edge and mobile devices.",
+        parents=[top],
+    )
     p.add_argument("--version", action="version", version=f"edgeformer {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -54,12 +54,16 @@ def _check_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} exists and is a file", "choose a folder path for -o")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise UserError(f"output folder {out_dir} is not empty and is not an edgeformer artifact",
-                        "choose a new folder for -o, or remove it")
+        raise UserError(
+            f"output folder {out_dir} is not empty and is not an edgeformer artifact",
+            "choose a new folder for -o, or remove it",
+        )
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create output folder {parent}: {err.strerror}", "choose a writable path for -o") from err
+        raise UserError(
+            f"cannot create output folder {parent}: {err.strerror}", "choose a writable path for -o"
+        ) from err
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"output folder {parent} is not writable", "choose a writable path for -o")
 
@@ -218,7 +222,7 @@ def compile(  # noqa: A001 - the public verb
         if manifest.numerics.status == "failed":
             raise NumericsError(
                 f"{target.name} outputs disagree with PyTorch: {manifest.numerics.reason}",
-                f"loosen [numerics] in the profile only if that error is acceptable, or drop passes with --passes",
+                "loosen [numerics] in the profile only if that error is acceptable, or drop passes with --passes",
             )
 
         stage("write", str(out_dir))
@@ -247,8 +251,14 @@ def _verify(target, prof: Profile, folder: Path, manifest: Manifest, graph, refe
     finally:
         runner.close()
     n = prof.numerics
-    return compare(reference, [np.asarray(o) for o in outputs], atol=n.atol, rtol=n.rtol, min_cosine=n.min_cosine,
-                   names=list(graph.output_names))
+    return compare(
+        reference,
+        [np.asarray(o) for o in outputs],
+        atol=n.atol,
+        rtol=n.rtol,
+        min_cosine=n.min_cosine,
+        names=list(graph.output_names),
+    )
 
 
 def _store_in_cache(out_dir: Path, cache_dir: Path) -> None:

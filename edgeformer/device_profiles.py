@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
+
+import tomllib
 
 from edgeformer.errors import UnknownNameError, UserError
 
@@ -34,16 +35,12 @@ class TargetOptions:
     """Options a target may read; each target documents which ones it uses."""
 
     threads: int = _opt(0, "intra-op threads (0 = the runtime's default)", minimum=0)
-    optimization_level: str = _opt(
-        "all", "graph optimization level", ("disable", "basic", "extended", "all")
-    )
+    optimization_level: str = _opt("all", "graph optimization level", ("disable", "basic", "extended", "all"))
     precision: str = _opt("fp32", "compute precision", ("fp32", "fp16", "bf16", "int8"))
     device: str = _opt("CPU", "runtime device (OpenVINO: CPU, GPU, NPU)")
     performance_hint: str = _opt("latency", "OpenVINO performance hint", ("latency", "throughput"))
     execution_mode: str = _opt("sequential", "ORT execution mode", ("sequential", "parallel"))
-    compute_units: str = _opt(
-        "ALL", "Core ML compute units", ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
-    )
+    compute_units: str = _opt("ALL", "Core ML compute units", ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"))
     minimum_deployment_target: str = _opt("", "Core ML minimum deployment target, e.g. iOS16")
     tvm_target: dict = _opt({}, "TVM target as a JSON dict, e.g. {kind='llvm', mcpu='...'}")
     tvm_host: dict = _opt({}, "TVM host target for cross-compilation (JSON dict)")
@@ -107,8 +104,14 @@ _TOP = {"name": str, "target": str, "description": str}
 
 
 def _check_value(where: str, key: str, value: Any, typ, meta) -> Any:
-    expect = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-              dict: "a table", list: "a list"}[typ]
+    expect = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "a table",
+        list: "a list",
+    }[typ]
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -116,8 +119,9 @@ def _check_value(where: str, key: str, value: Any, typ, meta) -> Any:
         raise UserError(f"{where}: key '{key}' must be {expect}, got {value!r}", "fix the profile file")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise UserError(f"{where}: key '{key}' = {value!r} is not one of {', '.join(map(str, choices))}",
-                        "fix the profile file")
+        raise UserError(
+            f"{where}: key '{key}' = {value!r} is not one of {', '.join(map(str, choices))}", "fix the profile file"
+        )
     minimum = meta.get("minimum")
     if minimum is not None and value < minimum:
         raise UserError(f"{where}: key '{key}' = {value!r} must be >= {minimum}", "fix the profile file")

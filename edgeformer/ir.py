@@ -163,7 +163,9 @@ def load(path: str | os.PathLike) -> Graph:
     if not path.is_file():
         raise UserError(f"IR file {path} does not exist", "check the path, or create it with `edgeformer export`")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not a valid .pt2 export (not a zip archive)", "re-create it with `edgeformer export`")
+        raise UserError(
+            f"{path} is not a valid .pt2 export (not a zip archive)", "re-create it with `edgeformer export`"
+        )
     extra = {_META_FILE: ""}
     try:
         ep = torch.export.load(path, extra_files=extra)
@@ -288,8 +290,15 @@ def node_macs(node) -> int:
     if out is None or any(s < 0 for s in out):
         return 0
     arg_shape = lambda i: _shape(node.args[i]) if len(node.args) > i and hasattr(node.args[i], "meta") else None  # noqa: E731
-    if op in ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution",
-              "aten.conv_transpose1d", "aten.conv_transpose2d"):
+    if op in (
+        "aten.conv1d",
+        "aten.conv2d",
+        "aten.conv3d",
+        "aten.convolution",
+        "aten._convolution",
+        "aten.conv_transpose1d",
+        "aten.conv_transpose2d",
+    ):
         w = arg_shape(1)
         if w is None:
             return 0
@@ -343,9 +352,7 @@ def summary(graph: Graph) -> Summary:
     ]
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     out_args = [a for a in torch.utils._pytree.tree_flatten(out_node.args[0])[0] if hasattr(a, "meta")]
-    outputs = [
-        {"name": nm, "shape": _shape(a), "dtype": _dtype(a)} for nm, a in zip(graph.output_names, out_args)
-    ]
+    outputs = [{"name": nm, "shape": _shape(a), "dtype": _dtype(a)} for nm, a in zip(graph.output_names, out_args)]
     nodes: list[NodeInfo] = []
     hist: Counter[str] = Counter()
     for n in ep.graph.nodes:

@@ -134,7 +134,9 @@ def read_manifest(folder: str | Path, *, verify_files: bool = True) -> Manifest:
     if not folder.is_dir():
         raise UserError(f"artifact folder {folder} does not exist", "create it with `edgeformer compile MODEL -o DIR`")
     if not path.is_file():
-        raise UserError(f"{folder} has no {MANIFEST}: not an edgeformer artifact", "compile one with `edgeformer compile`")
+        raise UserError(
+            f"{folder} has no {MANIFEST}: not an edgeformer artifact", "compile one with `edgeformer compile`"
+        )
     try:
         data = json.loads(path.read_text())
         validate(data, "manifest")
@@ -143,8 +145,9 @@ def read_manifest(folder: str | Path, *, verify_files: bool = True) -> Manifest:
         raise UserError(f"{path} is corrupt ({type(err).__name__})", "re-run `edgeformer compile`") from err
     except Exception as err:  # jsonschema.ValidationError
         if type(err).__name__ == "ValidationError":
-            raise UserError(f"{path} does not match the manifest schema: {err.message}",
-                            "re-run `edgeformer compile`") from err
+            raise UserError(
+                f"{path} does not match the manifest schema: {err.message}", "re-run `edgeformer compile`"
+            ) from err
         raise
     if verify_files:
         for entry in manifest.files:
@@ -154,6 +157,7 @@ def read_manifest(folder: str | Path, *, verify_files: bool = True) -> Manifest:
             if not f.is_file():
                 raise UserError(f"artifact file {f} is missing", "re-run `edgeformer compile`")
             if sha256_file(f) != entry.sha256:
-                raise UserError(f"artifact file {f} is corrupt (sha256 does not match the manifest)",
-                                "re-run `edgeformer compile`")
+                raise UserError(
+                    f"artifact file {f} is corrupt (sha256 does not match the manifest)", "re-run `edgeformer compile`"
+                )
     return manifest

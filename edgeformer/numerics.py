@@ -42,8 +42,10 @@ def compare(
         per_output.append({"name": name, "max_abs_error": max_err, "cosine": cos, "has_nan": nan, "passed": passed})
         if not passed:
             ok = False
-            problems.append(f"{name}: max abs error {max_err:.3g} (atol {atol:g}), cosine {cos:.6f}"
-                            + (", NaN/inf in output" if nan else ""))
+            problems.append(
+                f"{name}: max abs error {max_err:.3g} (atol {atol:g}), cosine {cos:.6f}"
+                + (", NaN/inf in output" if nan else "")
+            )
         worst = max(worst, max_err if not nan else float("inf"))
         worst_cos = min(worst_cos, cos)
         any_nan |= nan

@@ -29,8 +29,10 @@ class LoadedArtifact:
     def runner(self) -> Runner:
         reason = self.target.can_run_here(self.profile)
         if reason:
-            raise UserError(f"{self.path} ({self.target.name}) cannot run on this machine: {reason}",
-                            "run it on the device, or use --remote for TVM artifacts")
+            raise UserError(
+                f"{self.path} ({self.target.name}) cannot run on this machine: {reason}",
+                "run it on the device, or use --remote for TVM artifacts",
+            )
         return self.target.load(self.path, self.manifest, self.profile)
 
     def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
@@ -49,8 +51,10 @@ class LoadedArtifact:
             raise UserError(f"the model takes {len(self.manifest.inputs)} input(s), got {len(inputs)}")
         for spec, x in zip(self.manifest.inputs, inputs):
             if list(x.shape) != list(spec.shape):
-                raise UserError(f"input {spec.name} has shape {list(x.shape)}, the artifact was compiled for "
-                                f"{spec.shape}", "recompile with --input-shape")
+                raise UserError(
+                    f"input {spec.name} has shape {list(x.shape)}, the artifact was compiled for {spec.shape}",
+                    "recompile with --input-shape",
+                )
 
 
 def load_artifact(path: str | Path, *, verify_files: bool = True) -> LoadedArtifact:

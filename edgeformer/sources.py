@@ -58,8 +58,10 @@ def _import_factory(ref: str) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        raise UserError(f"cannot import module {module_name!r} ({err})",
-                        "check the name and that it is importable from the current folder or PYTHONPATH") from err
+        raise UserError(
+            f"cannot import module {module_name!r} ({err})",
+            "check the name and that it is importable from the current folder or PYTHONPATH",
+        ) from err
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -71,10 +73,14 @@ def _import_factory(ref: str) -> nn.Module:
         made = _seeded(obj)
         if isinstance(made, nn.Module):
             return made
-        raise UserError(f"{ref} returned a {type(made).__name__}, not a torch.nn.Module",
-                        "make the factory return an nn.Module instance")
-    raise UserError(f"{ref} is a {type(obj).__name__}, not an nn.Module or a factory",
-                    "point at an nn.Module instance, class or factory function")
+        raise UserError(
+            f"{ref} returned a {type(made).__name__}, not a torch.nn.Module",
+            "make the factory return an nn.Module instance",
+        )
+    raise UserError(
+        f"{ref} is a {type(obj).__name__}, not an nn.Module or a factory",
+        "point at an nn.Module instance, class or factory function",
+    )
 
 
 def load_model(
@@ -99,13 +105,17 @@ def load_model(
         if input_shapes:
             expected = [list(t.shape) for t in graph.example_inputs]
             if [list(s) for s in input_shapes] != expected:
-                raise UserError(f"{ref} was exported with input shape(s) {expected}; --input-shape differs",
-                                "re-export with the new shape")
+                raise UserError(
+                    f"{ref} was exported with input shape(s) {expected}; --input-shape differs",
+                    "re-export with the new shape",
+                )
         return ModelSource(graph, {"name": graph.name, "source": "pt2", "path": str(ref), "weights": None})
     elif str(ref).endswith((".onnx", ".pth", ".pt", ".safetensors", ".ckpt", ".bin")):
-        raise UserError(f"{ref} is not a model edgeformer can import (MODEL is a zoo name, a .pt2 export "
-                        "or package.module:factory)",
-                        "for a checkpoint pass the architecture and --weights FILE; for ONNX export from PyTorch")
+        raise UserError(
+            f"{ref} is not a model edgeformer can import (MODEL is a zoo name, a .pt2 export "
+            "or package.module:factory)",
+            "for a checkpoint pass the architecture and --weights FILE; for ONNX export from PyTorch",
+        )
     elif ":" in str(ref):
         module = _import_factory(str(ref))
         if not input_shapes:
@@ -120,8 +130,10 @@ def load_model(
         shapes = list(input_shapes) if input_shapes else list(spec.input_shapes)
         info = {"name": spec.name, "source": "zoo", "family": spec.family}
         if input_shapes and len(input_shapes) != len(spec.input_shapes):
-            raise UserError(f"{spec.name} takes {len(spec.input_shapes)} input(s), got {len(input_shapes)} --input-shape",
-                            f"its default is {' '.join('x'.join(map(str, s)) for s in spec.input_shapes)}")
+            raise UserError(
+                f"{spec.name} takes {len(spec.input_shapes)} input(s), got {len(input_shapes)} --input-shape",
+                f"its default is {' '.join('x'.join(map(str, s)) for s in spec.input_shapes)}",
+            )
     info["weights"] = None
     if weights:
         from edgeformer.checkpoints import load_weights

@@ -1,24 +1,34 @@
 """The pass framework: Pass, PassResult, PassRecord and the PassManager.
 
-A pass is a small class in its own file: a ``name``, typed ``Options`` with defaults, whether it is
-``exact``, and ``run(graph) -> PassResult``.  The PassManager re-validates the IR after every pass
-and, with ``check=True``, fails naming the pass when an exact pass moved fp32 outputs by more than
-``atol`` (1e-5).
+A pass is a small class in its own file: a ``name``, a one-line ``summary``, typed ``Options``
+with defaults, whether it is ``exact``, and ``run(graph) -> PassResult``.  The PassManager
+
+- re-validates the IR after every pass (a valid ExportedProgram that survives a
+  ``torch.export.save``/``load`` round trip);
+- with ``check=True`` runs the IR before and after each pass on the example inputs and fails,
+  naming the pass, when an exact pass moved fp32 outputs by more than ``atol`` (1e-5), either in
+  that step or accumulated since the last approximating pass;
+- records per pass: nodes matched, nodes removed, parameters folded, op-count changes, time;
+- writes the readable IR after each pass to ``dump_dir`` and keeps the explain lines (each match,
+  and why each near-miss was rejected) when ``explain=True``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import time
+import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
-from edgeformer.errors import UserError
-from edgeformer.ir import Graph, run
+from edgeformer.errors import UnknownNameError, UserError
+from edgeformer.ir import Graph, op_name, run
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +39,7 @@ EXACT_ATOL = 1e-5
 class PassResult:
     graph: Graph
     changed: bool
-    details: dict = field(default_factory=dict)  # matched, removed, params_folded, explain, ...
+    details: dict = field(default_factory=dict)  # matched, params_folded, explain, ...
 
 
 @dataclass
@@ -43,35 +53,86 @@ class PassRecord:
     nodes_removed: int = 0
     params_folded: int = 0
     time_s: float = 0.0
-    max_abs_diff: float | None = None
-    details: dict = field(default_factory=dict)
+    max_abs_diff: float | None = None  # this pass alone, on the example inputs
+    op_delta: dict[str, int] = field(default_factory=dict)  # e.g. {"aten.batch_norm": -12}
+    details: dict = field(default_factory=dict)  # "explain": [...] when asked, pass extras
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class _NoOptions:
+    pass
+
+
 class Pass:
+    """Base class.  Subclasses set ``name``, ``summary``, ``exact`` and an ``Options`` dataclass."""
+
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     exact: ClassVar[bool] = True
-
-    @dataclass
-    class Options:
-        pass
+    Options: ClassVar[type] = _NoOptions
 
     def __init__(self, **options):
-        self.options = self.Options(**options)
+        known = {f.name: f for f in dataclasses.fields(self.Options)}
+        for key in options:
+            if key not in known:
+                raise UnknownNameError(f"option of pass {self.name!r}", key, known)
+        hints = typing.get_type_hints(self.Options)
+        self.options = self.Options(**{k: _coerce(self.name, k, v, hints.get(k)) for k, v in options.items()})
 
     def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def result(self, graph: Graph, ed, **extra) -> PassResult:
+        """The PassResult of an :class:`~edgeformer.passes._graph.Editor` session."""
+        changed = ed.matched > 0 or ed.touched
+        details = {"matched": ed.matched, "params_folded": ed.params_folded, "explain": list(ed.explain), **extra}
+        return PassResult(ed.finish() if changed else graph, changed, details)
+
+
+def _coerce(pass_name: str, key: str, value, hint):
+    """Options arrive typed from Python and as strings from profiles/CLI; check either way."""
+    if hint is None or isinstance(value, hint if isinstance(hint, type) else object):
+        return value
+    try:
+        if hint is bool and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes", "on")
+        if hint in (int, float) and not isinstance(value, bool):
+            return hint(value)
+    except ValueError:
+        pass
+    raise UserError(f"option {key!r} of pass {pass_name!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
 
 class PassCheckError(UserError):
-    """An exact pass changed the numbers: a bug in that pass, reported with its name."""
+    """A pass broke the IR or changed the numbers: a bug in that pass, reported with its name."""
 
 
 def _max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max((float((x.double() - y.double()).abs().max()) if x.numel() else 0.0) for x, y in zip(a, b))
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
+    return max((float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b)),
+               default=0.0)
+
+
+def _histogram(graph: Graph) -> Counter:
+    return Counter(op_name(n.target) for n in graph.program.graph.nodes if n.op == "call_function")
+
+
+def revalidate(graph: Graph) -> Graph:
+    """Validate and round-trip the program through ``torch.export.save``/``load``."""
+    graph.program.validate()
+    buf = io.BytesIO()
+    torch.export.save(graph.program, buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf)
+    if len(loaded.graph_signature.input_specs) != len(graph.program.graph_signature.input_specs):
+        raise ValueError("the loaded program has a different signature")
+    return graph
 
 
 class PassManager:
@@ -80,7 +141,13 @@ class PassManager:
                  options: dict[str, dict] | None = None):
         from edgeformer.passes import get_pass
 
-        self.passes = [get_pass(n)(**(options or {}).get(n, {})) for n in names]
+        options = dict(options or {})
+        for n in options:
+            if n not in names:
+                get_pass(n)  # an unknown name raises with suggestions
+                raise UserError(f"options given for pass {n!r}, which is not in the pipeline",
+                                f"add it with --passes +{n}")
+        self.passes = [get_pass(n)(**options.get(n, {})) for n in names]
         self.check = check
         self.atol = atol
         self.dump_dir = Path(dump_dir) if dump_dir else None
@@ -88,39 +155,68 @@ class PassManager:
 
     def run(self, graph: Graph) -> tuple[Graph, list[PassRecord]]:
         records = []
-        inputs = graph.example_inputs
-        before_out = run(graph, inputs) if self.check else None
+        inputs = graph.example_inputs if self.check else ()
+        prev_out = run(graph, inputs) if self.check else None
+        ref_out = prev_out  # outputs since the last approximating pass: exact drift must stay < atol
         if self.dump_dir:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
-            (self.dump_dir / "00-input.txt").write_text(graph.summary().format())
+            (self.dump_dir / "00-input.txt").write_text(graph.summary().format() + "\n")
+        hist = _histogram(graph)
         for i, p in enumerate(self.passes, 1):
             t0 = time.perf_counter()
-            n_before = sum(1 for n in graph.program.graph.nodes if n.op == "call_function")
-            result = p.run(graph)
-            new = result.graph
-            new.program.graph_module.graph.lint()
+            try:
+                result = p.run(graph)
+            except UserError:
+                raise
+            except Exception as err:
+                raise PassCheckError(f"pass '{p.name}' failed: {type(err).__name__}: {err}",
+                                     f"drop it with --passes -{p.name} and report the bug") from err
             elapsed = time.perf_counter() - t0
-            n_after = sum(1 for n in new.program.graph.nodes if n.op == "call_function")
+            new = result.graph
+            if result.changed:
+                try:
+                    revalidate(new)
+                except Exception as err:
+                    raise PassCheckError(
+                        f"pass '{p.name}' produced an invalid program ({type(err).__name__}: {err})",
+                        f"drop it with --passes -{p.name} and report the bug") from err
+            new_hist = _histogram(new)
+            delta = {op: new_hist[op] - hist[op] for op in sorted(set(hist) | set(new_hist))
+                     if new_hist[op] != hist[op]}
+            details = dict(result.details)
+            explain = details.pop("explain", [])
             rec = PassRecord(
                 name=p.name, exact=p.exact, changed=result.changed,
-                matched=int(result.details.get("matched", 0)),
-                nodes_removed=n_before - n_after,
-                params_folded=int(result.details.get("params_folded", 0)),
-                time_s=round(elapsed, 4),
-                details={k: v for k, v in result.details.items() if k not in ("matched", "params_folded")},
+                matched=int(details.pop("matched", 0)),
+                nodes_removed=sum(hist.values()) - sum(new_hist.values()),
+                params_folded=int(details.pop("params_folded", 0)),
+                time_s=round(elapsed, 4), op_delta=delta, details=details,
             )
+            if self.explain:
+                rec.details["explain"] = explain
+            for line in explain:
+                log.debug("%s: %s", p.name, line)
             if self.check and result.changed:
                 after_out = run(new, inputs)
-                rec.max_abs_diff = _max_abs_diff(before_out, after_out)
-                if p.exact and rec.max_abs_diff > self.atol:
+                rec.max_abs_diff = _max_abs_diff(prev_out, after_out)
+                drift = _max_abs_diff(ref_out, after_out)
+                if p.exact and max(rec.max_abs_diff, drift) > self.atol:
+                    what = "" if rec.max_abs_diff > self.atol else " (accumulated since the last approximating pass)"
                     raise PassCheckError(
-                        f"exact pass '{p.name}' moved fp32 outputs by {rec.max_abs_diff:.3g} (> {self.atol:g})",
+                        f"exact pass '{p.name}' moved fp32 outputs by {max(rec.max_abs_diff, drift):.3g}{what}, "
+                        f"more than {self.atol:g}",
                         f"this is a bug in the pass; drop it with --passes -{p.name} and report it",
                     )
-                before_out = after_out if not p.exact else before_out
+                prev_out = after_out
+                if not p.exact:
+                    ref_out = after_out
             if self.dump_dir:
-                (self.dump_dir / f"{i:02d}-{p.name}.txt").write_text(new.summary().format())
-            log.info("pass %s: changed=%s matched=%d removed=%d", p.name, rec.changed, rec.matched, rec.nodes_removed)
+                text = new.summary().format()
+                if self.explain and explain:
+                    text += "\n# explain\n" + "\n".join(explain)
+                (self.dump_dir / f"{i:02d}-{p.name}.txt").write_text(text + "\n")
+            log.info("pass %s: changed=%s matched=%d removed=%d folded=%d %.3fs", p.name, rec.changed,
+                     rec.matched, rec.nodes_removed, rec.params_folded, rec.time_s)
             records.append(rec)
-            graph = new
+            graph, hist = new, new_hist
         return graph, records

@@ -35,8 +35,12 @@ from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
 log = logging.getLogger(__name__)
 
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-           "all": "ORT_ENABLE_ALL"}
+_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 _CONVERT = r"""
 import sys, onnxruntime as ort
@@ -78,8 +82,10 @@ def export_onnx(graph, path: Path, *, opset: int | None = None) -> None:
                 f"ONNX export has no conversion for {op}{f' (from {src})' if src else ''}",
                 "rewrite that part of the model, or pick a target that supports it (see `edgeformer targets`)",
             ) from err
-        raise UserError(f"ONNX export failed: {msg.strip().splitlines()[0] if msg.strip() else type(err).__name__}",
-                        "run with --debug for the exporter's trace") from err
+        raise UserError(
+            f"ONNX export failed: {msg.strip().splitlines()[0] if msg.strip() else type(err).__name__}",
+            "run with --debug for the exporter's trace",
+        ) from err
     program.save(str(path), external_data=False)
 
 
@@ -87,8 +93,14 @@ def _unsupported_op(msg: str) -> str | None:
     import re
 
     m = re.search(r"(aten[.:]{1,2}[\w.]+|[\w]+::[\w.]+)", msg)
-    if m and ("No decomposition" in msg or "not supported" in msg or "Unsupported" in msg or "no ONNX" in msg.lower()
-              or "DispatchError" in msg or "registered" in msg):
+    if m and (
+        "No decomposition" in msg
+        or "not supported" in msg
+        or "Unsupported" in msg
+        or "no ONNX" in msg.lower()
+        or "DispatchError" in msg
+        or "registered" in msg
+    ):
         return m.group(1).replace("::", ".")
     return None
 
@@ -148,8 +160,9 @@ class OrtRunner(Runner):
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.threads
-        so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel"
-                             else ort.ExecutionMode.ORT_SEQUENTIAL)
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[options.optimization_level])
         so.log_severity_level = 3
         if profile_dir:
@@ -167,9 +180,14 @@ class OrtRunner(Runner):
     def settings(self) -> dict:
         import onnxruntime as ort
 
-        return {"runtime": "onnxruntime", "version": ort.__version__, "execution_provider": "CPUExecutionProvider",
-                "intra_op_threads": self._threads or "default (physical cores)",
-                "graph_optimization_level": self._level, "model_file": self._path.name}
+        return {
+            "runtime": "onnxruntime",
+            "version": ort.__version__,
+            "execution_provider": "CPUExecutionProvider",
+            "intra_op_threads": self._threads or "default (physical cores)",
+            "graph_optimization_level": self._level,
+            "model_file": self._path.name,
+        }
 
 
 class OnnxRuntimeTarget(Target):
@@ -226,19 +244,31 @@ class OnnxRuntimeTarget(Target):
                 continue
             name = e["name"][: -len("_kernel_time")]
             args = e.get("args", {})
-            d = per_node.setdefault(name, {"us": 0.0, "n": 0, "type": args.get("op_name", "?"),
-                                           "device": args.get("provider", "")})
+            d = per_node.setdefault(
+                name, {"us": 0.0, "n": 0, "type": args.get("op_name", "?"), "device": args.get("provider", "")}
+            )
             d["us"] += e["dur"]
             d["n"] += 1
         e2e_ms = sum(e["dur"] for e in counted) / max(len(counted), 1) / 1e3
         ops = [
-            OpTime(name=name, type=d["type"], time_ms=d["us"] / runs / 1e3, share=0.0,
-                   calls=max(1, round(d["n"] / runs)), device=d["device"].replace("ExecutionProvider", "") or None,
-                   source=_lookup_source(name, sources))
+            OpTime(
+                name=name,
+                type=d["type"],
+                time_ms=d["us"] / runs / 1e3,
+                share=0.0,
+                calls=max(1, round(d["n"] / runs)),
+                device=d["device"].replace("ExecutionProvider", "") or None,
+                source=_lookup_source(name, sources),
+            )
             for name, d in per_node.items()
         ]
-        return OpProfile.build("onnxruntime", runs, e2e_ms, ops,
-                               notes=["times are ORT profiler kernel times; unexplained = session overhead"])
+        return OpProfile.build(
+            "onnxruntime",
+            runs,
+            e2e_ms,
+            ops,
+            notes=["times are ORT profiler kernel times; unexplained = session overhead"],
+        )
 
 
 def _lookup_source(node_name: str, sources: dict[str, str]) -> str | None:

@@ -66,22 +66,35 @@ def test_export_inspect_compile_profile_flow(capsys, user_models):
 
 
 def test_unknown_model_suggests_close_names(capsys, tmp_path):
-    assert_user_error(capsys, ["compile", "efficientformer_l2", "-o", str(tmp_path / "o")],
-                      "unknown model 'efficientformer_l2'", "did you mean", "efficientformer_l1")
+    assert_user_error(
+        capsys,
+        ["compile", "efficientformer_l2", "-o", str(tmp_path / "o")],
+        "unknown model 'efficientformer_l2'",
+        "did you mean",
+        "efficientformer_l1",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_unknown_profile_suggests_close_names(capsys, tmp_path):
-    assert_user_error(capsys, ["compile", "efficientformer_tiny", "--profile", "host-orrt", "-o", str(tmp_path / "o")],
-                      "unknown profile 'host-orrt'", "host-ort")
+    assert_user_error(
+        capsys,
+        ["compile", "efficientformer_tiny", "--profile", "host-orrt", "-o", str(tmp_path / "o")],
+        "unknown profile 'host-orrt'",
+        "host-ort",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_unknown_target_in_profile_file(capsys, tmp_path):
     prof = tmp_path / "p.toml"
     prof.write_text('name = "p"\ntarget = "tensorrt"\n')
-    assert_user_error(capsys, ["compile", "efficientformer_tiny", "--profile", str(prof), "-o", str(tmp_path / "o")],
-                      str(prof), "unknown target 'tensorrt'")
+    assert_user_error(
+        capsys,
+        ["compile", "efficientformer_tiny", "--profile", str(prof), "-o", str(tmp_path / "o")],
+        str(prof),
+        "unknown target 'tensorrt'",
+    )
 
 
 def test_missing_and_corrupt_pt2(capsys, tmp_path):
@@ -108,24 +121,37 @@ def test_onnx_file_as_model_is_refused_with_the_fix(capsys, tmp_path):
 
 
 def test_wrong_input_shape(capsys, user_models):
-    assert_user_error(capsys, ["compile", "mymodels:tiny", "--input-shape", "1x5x16x16", "-o", "o"],
-                      "could not trace", "1x5x16x16", "--input-shape")
+    assert_user_error(
+        capsys,
+        ["compile", "mymodels:tiny", "--input-shape", "1x5x16x16", "-o", "o"],
+        "could not trace",
+        "1x5x16x16",
+        "--input-shape",
+    )
     assert_user_error(capsys, ["compile", "mymodels:tiny", "--input-shape", "1x3xAx16", "-o", "o"], "bad input shape")
     assert not Path("o").exists()
 
 
 def test_unwritable_output_dir(capsys, user_models):
     Path("afile").write_text("x")
-    assert_user_error(capsys, ["compile", "mymodels:tiny", "--input-shape", "1x3x8x8", "-o", "afile/out"],
-                      "cannot create output folder", "-o")
-    assert_user_error(capsys, ["export", "mymodels:tiny", "--input-shape", "1x3x8x8", "-o", "nodir/x.pt2"],
-                      "does not exist")
+    assert_user_error(
+        capsys,
+        ["compile", "mymodels:tiny", "--input-shape", "1x3x8x8", "-o", "afile/out"],
+        "cannot create output folder",
+        "-o",
+    )
+    assert_user_error(
+        capsys, ["export", "mymodels:tiny", "--input-shape", "1x3x8x8", "-o", "nodir/x.pt2"], "does not exist"
+    )
     assert Path("afile").read_text() == "x"
 
 
 def test_factory_that_is_not_a_module(capsys, user_models):
-    assert_user_error(capsys, ["compile", "mymodels:not_a_module", "--input-shape", "1x3", "-o", "o"],
-                      "returned a dict, not a torch.nn.Module")
+    assert_user_error(
+        capsys,
+        ["compile", "mymodels:not_a_module", "--input-shape", "1x3", "-o", "o"],
+        "returned a dict, not a torch.nn.Module",
+    )
     assert_user_error(capsys, ["compile", "mymodels:NUMBER", "--input-shape", "1x3", "-o", "o"], "not an nn.Module")
     assert_user_error(capsys, ["compile", "mymodels:nope", "--input-shape", "1x3", "-o", "o"], "has no attribute")
     assert_user_error(capsys, ["compile", "nomodule_xyz:f", "--input-shape", "1x3", "-o", "o"], "cannot import module")
@@ -134,8 +160,11 @@ def test_factory_that_is_not_a_module(capsys, user_models):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "edgeformer.cli", "--debug", "inspect", str(tmp_path / "x.pt2")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeformer.cli", "--debug", "inspect", str(tmp_path / "x.pt2")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 

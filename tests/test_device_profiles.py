@@ -25,8 +25,9 @@ def test_host_ort_is_shipped_and_is_the_default():
 
 
 def test_every_shipped_profile_validates_against_the_json_schema():
-    import tomllib
     from importlib import resources
+
+    import tomllib
 
     schema = json_schema()
     for name in profile_names():

@@ -42,8 +42,15 @@ def graph():
 
 def test_export_keeps_high_level_ops(graph):
     hist = graph.summary().histogram
-    for op in ("aten.conv2d", "aten.batch_norm", "aten.avg_pool2d", "aten.layer_norm", "aten.linear",
-               "aten.scaled_dot_product_attention", "aten.conv1d"):
+    for op in (
+        "aten.conv2d",
+        "aten.batch_norm",
+        "aten.avg_pool2d",
+        "aten.layer_norm",
+        "aten.linear",
+        "aten.scaled_dot_product_attention",
+        "aten.conv1d",
+    ):
         assert hist.get(op, 0) >= 1, f"{op} was decomposed: {sorted(hist)}"
 
 

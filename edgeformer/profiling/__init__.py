@@ -12,8 +12,16 @@ from .report import ProfileReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LatencyStats", "Phases", "ProfileReport", "machine_info", "measure", "percentile",
-           "profile_artifact", "time_calls"]
+__all__ = [
+    "LatencyStats",
+    "Phases",
+    "ProfileReport",
+    "machine_info",
+    "measure",
+    "percentile",
+    "profile_artifact",
+    "time_calls",
+]
 
 
 def profile_artifact(
@@ -46,17 +54,39 @@ def profile_artifact(
         if profile_remote is None:
             from edgeformer.errors import UserError
 
-            raise UserError(f"remote profiling is not available for {art.target.name} artifacts",
-                            "compile with a TVM profile (e.g. --profile rpi4-tvm) to profile over RPC")
-        result = profile_remote(art.path, art.manifest, art.profile, tracker=remote, key=key or (art.profile.remote.key if art.profile.remote else ""),
-                                inputs=inputs, min_runs=min_runs, min_seconds=min_seconds, warmup=warmup)
-        phases, settings, machine, remote_info = result["phases"], result["settings"], result["machine"], result["remote"]
+            raise UserError(
+                f"remote profiling is not available for {art.target.name} artifacts",
+                "compile with a TVM profile (e.g. --profile rpi4-tvm) to profile over RPC",
+            )
+        result = profile_remote(
+            art.path,
+            art.manifest,
+            art.profile,
+            tracker=remote,
+            key=key or (art.profile.remote.key if art.profile.remote else ""),
+            inputs=inputs,
+            min_runs=min_runs,
+            min_seconds=min_seconds,
+            warmup=warmup,
+        )
+        phases, settings, machine, remote_info = (
+            result["phases"],
+            result["settings"],
+            result["machine"],
+            result["remote"],
+        )
         notes += result.get("notes", [])
         op_profile = result.get("ops")
     else:
         art.check_inputs(inputs)
-        runner, phases = measure(lambda: art.runner(), lambda r: r.run(inputs), warmup=warmup, min_runs=min_runs,
-                                 min_seconds=min_seconds, cooldown_s=cooldown_s)
+        runner, phases = measure(
+            lambda: art.runner(),
+            lambda r: r.run(inputs),
+            warmup=warmup,
+            min_runs=min_runs,
+            min_seconds=min_seconds,
+            cooldown_s=cooldown_s,
+        )
         settings, machine = runner.settings(), machine_info()
         runner.close()
         op_profile = None
@@ -67,8 +97,14 @@ def profile_artifact(
                 notes.append(str(err))
     budget_ms = art.profile.budget.latency_ms
     report = ProfileReport(
-        artifact={"path": str(art.path), "model": art.manifest.model.get("name", "?"), "target": art.target.name,
-                  "profile": art.profile.name, "ir_hash": art.manifest.ir_hash, "cache_key": art.manifest.cache_key},
+        artifact={
+            "path": str(art.path),
+            "model": art.manifest.model.get("name", "?"),
+            "target": art.target.name,
+            "profile": art.profile.name,
+            "ir_hash": art.manifest.ir_hash,
+            "cache_key": art.manifest.cache_key,
+        },
         settings=settings,
         machine=machine,
         measurement=measurement,

@@ -73,7 +73,9 @@ class Phases:
         return asdict(self)
 
 
-def time_calls(fn: Callable[[], object], *, min_runs: int, min_seconds: float, max_runs: int | None = None) -> list[float]:
+def time_calls(
+    fn: Callable[[], object], *, min_runs: int, min_seconds: float, max_runs: int | None = None
+) -> list[float]:
     """Call ``fn`` until both ``min_runs`` calls and ``min_seconds`` have passed; ms per call."""
     samples: list[float] = []
     start = time.perf_counter()

@@ -1,0 +1,104 @@
+"""Helpers shared by the OpenVINO, Core ML and ExecuTorch targets (no vendor SDK imports here).
+
+- :func:`unsupported_op_error` turns "the converter has no rule for these ops" into one
+  :class:`UnsupportedOpError` naming each op, the IR node and the source module it came from.
+- :func:`node_sources` maps IR node names to source module paths (``nn_module_stack``), which the
+  targets store beside their runtime files so per-op profiles can point back at the model.
+- :func:`input_shapes` gives the static input shapes (-1 for a dynamic dimension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from edgeformer.errors import UnsupportedOpError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgeformer.ir import Graph
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def _module_path_and_class(node) -> tuple[str, str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, cls = list(stack.values())[-1]
+    path = path.replace("L['self'].", "").replace("][", ".").replace("[", ".").replace("]", "")
+    cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1].strip("'>")
+    return path, cls_name
+
+
+def node_sources(graph: Graph) -> dict[str, str]:
+    """IR node name → dotted source module path, for every call node that has one (sorted)."""
+    out = {}
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function":
+            path, _ = _module_path_and_class(node)
+            if path:
+                out[node.name] = path
+    return dict(sorted(out.items()))
+
+
+def _base(op: str) -> str:
+    """aten.special_erfinv.default / aten::erfinv / erfinv → erfinv (decompositions rename a few)."""
+    name = op.replace("::", ".")
+    parts = [p for p in name.split(".") if p not in ("aten", "default", "Tensor", "Scalar", "out")]
+    base = parts[0] if parts else name
+    return base.removeprefix("special_").rstrip("_")
+
+
+def _matches(node, op: str) -> bool:
+    """``op`` as a converter spells it (aten.lgamma.default, aten::lgamma, lgamma) vs an IR node."""
+    from edgeformer.ir import op_name
+
+    return node.op == "call_function" and _base(op_name(node.target)) == _base(op)
+
+
+def display_name(op: str) -> str:
+    """aten::lgamma.default → aten.lgamma"""
+    return op.replace("::", ".").removesuffix(".default")
+
+
+def op_locations(graph: Graph, op: str, limit: int = 3) -> list[str]:
+    """Where ``op`` occurs: "node lgamma in blocks.0.act (GELU)", up to ``limit`` places."""
+    places = []
+    for node in graph.program.graph.nodes:
+        if _matches(node, op):
+            path, cls = _module_path_and_class(node)
+            where = f"{path} ({cls})" if path else "the model's forward()"
+            places.append(f"node {node.name} in {where}")
+    more = len(places) - limit
+    return places[:limit] + ([f"{more} more"] if more > 0 else [])
+
+
+def unsupported_op_error(graph: Graph, runtime: str, ops: Iterable[str], fix: str | None = None) -> UnsupportedOpError:
+    """One clear error for ops a converter cannot handle: each op with where it came from."""
+    parts = []
+    for op in sorted(set(ops), key=display_name):
+        places = op_locations(graph, op)
+        name = display_name(op)
+        parts.append(f"{name} (at {'; '.join(places)})" if places else name)
+    fix = fix or ("rewrite or replace that module (e.g. with a supported approximation), "
+                  "or choose another target: `edgeformer targets` lists them")
+    noun = "op" if len(parts) == 1 else "ops"
+    return UnsupportedOpError(f"{runtime} cannot convert {noun} {', '.join(parts)}", fix)
+
+
+def input_shapes(graph: Graph) -> list[list[int]]:
+    """Static input shapes of the IR's user inputs; a symbolic (dynamic) dimension is -1."""
+    placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
+    shapes = []
+    for name in graph.program.graph_signature.user_inputs:
+        val = placeholders[name].meta.get("val")
+        shapes.append([int(d) if isinstance(d, int) else -1 for d in val.shape])
+    return shapes
+
+
+def dtype_name(dtype) -> str:
+    """torch/numpy dtype → "float32" style name."""
+    return str(dtype).replace("torch.", "")

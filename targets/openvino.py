@@ -1,0 +1,353 @@
+"""OpenVINO: IR → ``ov.convert_model(ExportedProgram)`` → ``model.xml``/``model.bin``.
+
+The model is compiled for the profile's ``device`` (CPU, GPU, NPU) with its ``performance_hint``
+(latency/throughput), ``threads`` (0 = OpenVINO's default) and ``precision``:
+
+- fp32 sets ``INFERENCE_PRECISION_HINT=f32`` explicitly.  Without it OpenVINO silently runs bf16
+  on CPUs with AVX512-BF16/AMX, which moves outputs by ~1e-2.
+- bf16/fp16 are accepted only when the device lists BF16/FP16 in ``OPTIMIZATION_CAPABILITIES``;
+  otherwise compile fails with the device's capabilities.  fp16 also stores weights in fp16.
+- int8 needs a quantized model, which this target does not produce.
+
+Ahead-of-time profiles (``aot_only``, e.g. ``intel-npu``) save the IR and, when the device's
+plugin and compiler are present, an exported blob (``model.blob``) that loads without
+recompiling.  Running them needs the device; :meth:`OpenVinoTarget.can_run_here` says so.
+
+Determinism: OpenVINO names the nodes it creates from a process-wide counter (``Multiply_2710``),
+so the same model converted twice in one process would give different ``model.xml`` bytes.  Those
+names are renumbered by position.  The IR node → source module map is stored in the model's
+``rt_info`` (``edgeformer/sources``) so per-op profiles point back at the PyTorch modules.
+
+Per-op times come from OpenVINO's performance counters (``PERF_COUNT``), one op per executed node
+of the runtime graph; the op's ``device`` is ``DEVICE/exec_type`` (e.g. ``CPU/brgconv_avx512_f32``),
+which also shows the precision each kernel ran in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgeformer.errors import UserError
+
+from ._support import first_line, input_shapes, node_sources, unsupported_op_error
+from .base import CompileResult, OpProfile, OpTime, Runner, Target
+
+log = logging.getLogger(__name__)
+
+# profile precision -> (INFERENCE_PRECISION_HINT value, OPTIMIZATION_CAPABILITIES entry)
+_PRECISION = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "fp16": ("f16", "FP16")}
+_HINT = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+_SOURCES_KEY = ["edgeformer", "sources"]
+_UNCONVERTED = re.compile(r"(?:No conversion rule found for operations|Conversion is failed for):\s*([^\n]+)")
+_AUTO_NAME = re.compile(r"([A-Za-z][A-Za-z0-9]*)_\d+")
+
+
+def check_precision(device: str, precision: str, capabilities: Sequence[str], device_name: str = "") -> str | None:
+    """None when ``device`` can run ``precision``, else why not (and what to do)."""
+    if precision not in _PRECISION:
+        return (f"precision {precision} needs a quantized model, which the OpenVINO target does not produce; "
+                "use precision = \"fp32\", \"bf16\" or \"fp16\"")
+    cap = _PRECISION[precision][1]
+    if cap not in capabilities:
+        label = f"{device} ({device_name})" if device_name else device
+        return (f"OpenVINO {label} does not support {precision}: its OPTIMIZATION_CAPABILITIES are "
+                f"{', '.join(capabilities) or '(none)'}; use precision = \"fp32\" in the profile")
+    return None
+
+
+def _device_present(core, device: str) -> bool:
+    return any(d == device or d.split(".")[0] == device for d in core.available_devices)
+
+
+def _supported(core, device: str) -> set[str]:
+    try:
+        return set(core.get_property(device, "SUPPORTED_PROPERTIES"))
+    except RuntimeError:
+        return set()
+
+
+def compile_config(core, options, *, perf_count: bool = False, device_present: bool = True) -> dict:
+    """The ``compile_model`` config for a profile's options (only keys the device supports)."""
+    device = options.device.upper()
+    config: dict = {"PERFORMANCE_HINT": _HINT[options.performance_hint]}
+    if options.precision in _PRECISION:
+        config["INFERENCE_PRECISION_HINT"] = _PRECISION[options.precision][0]
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = int(options.threads)
+    if perf_count:
+        config["PERF_COUNT"] = True
+    if device_present:
+        supported = _supported(core, device)
+        dropped = sorted(k for k in config if supported and k not in supported)
+        if dropped:
+            log.info("OpenVINO %s does not take %s; not set", device, ", ".join(dropped))
+        config = {k: v for k, v in config.items() if not supported or k in supported}
+    return config
+
+
+def _convert(graph):
+    import openvino as ov
+
+    try:
+        return ov.convert_model(graph.program)
+    except Exception as err:  # noqa: BLE001 - the frontend raises OpConversionFailure and others
+        found = _UNCONVERTED.search(str(err))
+        if found:
+            ops = [o.strip() for o in found.group(1).split(",") if o.strip()]
+            raise unsupported_op_error(graph, f"OpenVINO {ov.__version__.split('-')[0]}", ops) from err
+        raise UserError(f"OpenVINO could not convert {graph.name}: {first_line(err)}",
+                        "run with --debug for the converter's trace") from err
+
+
+def _prepare(model, graph) -> None:
+    """Static shapes, the graph's I/O names, deterministic node names, the source map."""
+    import openvino as ov
+
+    model.reshape({i: ov.PartialShape(shape) for i, shape in enumerate(input_shapes(graph))})
+    if len(model.inputs) != len(graph.input_names) or len(model.outputs) != len(graph.output_names):
+        raise UserError(f"OpenVINO produced {len(model.inputs)} inputs/{len(model.outputs)} outputs for a graph with "
+                        f"{len(graph.input_names)}/{len(graph.output_names)}", "report this model as a bug")
+    for port, name in zip(model.inputs, graph.input_names):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, graph.output_names):
+        port.get_tensor().set_names({name})
+    model.set_friendly_name(graph.name)
+    for i, op in enumerate(model.get_ordered_ops()):
+        m = _AUTO_NAME.fullmatch(op.get_friendly_name())
+        if m and op.get_type_name() != "Parameter":
+            op.set_friendly_name(f"{m.group(1)}_n{i}")
+    model.set_rt_info(json.dumps(_source_map(model, node_sources(graph)), sort_keys=True), _SOURCES_KEY)
+
+
+def _source_map(model, ir_sources: dict[str, str]) -> dict[str, str]:
+    """OpenVINO node name → source module.
+
+    Nodes converted from an IR node are named ``<ir node>/<aten op>/<OV op>``.  Nodes OpenVINO
+    created while converting (e.g. a convolution with a folded batch norm) take the source of
+    their first consumer that has one, which is the neighbouring module.
+    """
+    out: dict[str, str] = {}
+    for op in reversed(model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        src = ir_sources.get(name.split("/")[0])
+        if src is None and op.get_type_name() not in ("Constant", "Parameter", "Result"):
+            consumers = [t.get_node() for port in op.outputs() for t in port.get_target_inputs()]
+            src = next((out[c.get_friendly_name()] for c in consumers if c.get_friendly_name() in out), None)
+        if src:
+            out[name] = src
+    return out
+
+
+def _histogram(model) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        hist[op.get_type_name()] = hist.get(op.get_type_name(), 0) + 1
+    return dict(sorted(hist.items()))
+
+
+class OpenVinoRunner(Runner):
+    """One compiled model and one synchronous infer request."""
+
+    def __init__(self, artifact_dir: Path, options, *, perf_count: bool = False):
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.device = options.device.upper()
+        self.config = compile_config(self.core, options, perf_count=perf_count)
+        blob = artifact_dir / "model.blob"
+        if blob.is_file() and self.device != "CPU":
+            with open(blob, "rb") as f:
+                self.compiled = self.core.import_model(f.read(), self.device, self.config)
+        else:
+            self.model = self.core.read_model(str(artifact_dir / "model.xml"))
+            self.compiled = self.core.compile_model(self.model, self.device, self.config)
+        self.request = self.compiled.create_infer_request()
+        self._hint = options.performance_hint
+        self._threads = options.threads
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer([np.ascontiguousarray(x) for x in inputs])
+        return [np.array(result[port]) for port in self.compiled.outputs]
+
+    def _prop(self, key: str):
+        try:
+            value = self.compiled.get_property(key)
+        except RuntimeError:
+            return None
+        if hasattr(value, "get_type_name"):  # an ov.Type such as f32
+            return value.get_type_name()
+        return value if isinstance(value, (int, float, bool)) else str(value)
+
+    def settings(self) -> dict:
+        import openvino as ov
+
+        return {
+            "runtime": "openvino", "version": ov.__version__, "device": self.device,
+            "performance_hint": self._prop("PERFORMANCE_HINT") or self._hint,
+            "inference_precision": self._prop("INFERENCE_PRECISION_HINT"),
+            "inference_threads": self._prop("INFERENCE_NUM_THREADS") or self._threads or "default",
+            "streams": self._prop("NUM_STREAMS"),
+            "execution_devices": self._prop("EXECUTION_DEVICES"),
+            "model_file": "model.xml",
+        }
+
+
+class OpenVinoTarget(Target):
+    name = "openvino"
+    description = "Intel OpenVINO Runtime (CPU here; GPU/NPU on Intel hardware); ships model.xml + model.bin"
+    extra = "openvino"
+    distributions = ("openvino",)
+    main_file = "model.xml"
+
+    def can_run_here(self, profile) -> str | None:
+        reason = self.is_available()
+        if reason:
+            return reason
+        opts = profile.options
+        device = opts.device.upper()
+        import openvino as ov
+
+        core = ov.Core()
+        present = _device_present(core, device)
+        if opts.aot_only:
+            where = "present here, but" if present else f"absent here (devices: {', '.join(core.available_devices)});"
+            return (f"profile {profile.name} compiles ahead of time only: running needs the OpenVINO {device} "
+                    f"device, {where} copy the artifact to a machine with an Intel {device}")
+        if not present:
+            return (f"OpenVINO device {device} is not present on this machine "
+                    f"(devices: {', '.join(core.available_devices)}); run the artifact where the {device} is")
+        return check_precision(device, opts.precision, core.get_property(device, "OPTIMIZATION_CAPABILITIES"),
+                               core.get_property(device, "FULL_DEVICE_NAME"))
+
+    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+        import openvino as ov
+
+        opts = profile.options
+        device = opts.device.upper()
+        core = ov.Core()
+        present = _device_present(core, device)
+        if present or opts.precision not in _PRECISION:
+            caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES") if present else []
+            problem = check_precision(device, opts.precision, caps,
+                                      core.get_property(device, "FULL_DEVICE_NAME") if present else "")
+            if problem:
+                raise UserError(f"profile {profile.name}: {problem.split('; ')[0]}", problem.split("; ", 1)[-1])
+        model = _convert(graph)
+        _prepare(model, graph)
+        compress = opts.precision == "fp16"
+        ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=compress)
+        files = ["model.xml", "model.bin"]
+        details = {
+            "device": device,
+            "device_present_at_compile": present,
+            "performance_hint": opts.performance_hint,
+            "inference_precision": _PRECISION.get(opts.precision, ("?",))[0],
+            "threads": opts.threads or "default",
+            "weights_fp16": compress,
+            "ov_ops": len(model.get_ordered_ops()),
+            "ov_op_histogram": _histogram(model),
+        }
+        if present and not opts.aot_only:
+            # Compile once now so a bad config fails at compile time, not on first use.
+            compiled = core.compile_model(model, device, compile_config(core, opts))
+            if "INFERENCE_PRECISION_HINT" in _supported(core, device):
+                details["compiled_precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if device != "CPU":
+            blob = self._export_blob(core, model, opts, out_dir / "model.blob", present)
+            details["blob"] = blob
+            if blob.startswith("model.blob"):
+                files.append("model.blob")
+        return CompileResult(files=files, details=details)
+
+    @staticmethod
+    def _export_blob(core, model, opts, path: Path, present: bool) -> str:
+        """Compile ahead of time for a non-CPU device and export the blob, where this machine can."""
+        device = opts.device.upper()
+        try:
+            compiled = core.compile_model(model, device, compile_config(core, opts, device_present=present))
+            path.write_bytes(compiled.export_model())
+            return "model.blob: compiled ahead of time for " + device
+        except Exception as err:  # noqa: BLE001 - plugin/compiler missing is expected off-device
+            path.unlink(missing_ok=True)
+            reason = first_line(err)
+            cause = re.search(r"(Cannot load library[^:]*|VCL compiler loading failed[^.]*)", str(err))
+            return (f"not produced: OpenVINO's {device} compiler is not usable here "
+                    f"({cause.group(1) if cause else reason}); model.xml compiles on the device at load time")
+
+    def load(self, artifact_dir: Path, manifest, profile) -> OpenVinoRunner:
+        reason = self.can_run_here(profile)
+        if reason:
+            raise UserError(f"cannot run {artifact_dir} here: {reason}")
+        return OpenVinoRunner(Path(artifact_dir), profile.options)
+
+    def profile_ops(self, artifact_dir, manifest, profile, inputs, runs: int) -> OpProfile:
+        """Per-node times from OpenVINO's performance counters, mapped back to source modules.
+
+        The CPU plugin reports each node's *mean since the request was created* (whole µs), so
+        the cold first inference would dominate short profiles.  The counters are read after
+        ``warmup`` runs and again after ``runs`` more; the difference of the two running totals
+        is the mean of the timed runs alone.
+        """
+        runner = OpenVinoRunner(Path(artifact_dir), profile.options, perf_count=True)
+        runs, warmup = max(1, runs), 2
+        for _ in range(warmup):
+            runner.run(inputs)
+        before = _counters(runner.request)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            runner.run(inputs)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / runs
+        after = _counters(runner.request)
+        sources = _runtime_sources(runner)
+        ops = []
+        for name, (node_type, exec_type, mean_after) in after.items():
+            mean_before = before.get(name, (None, None, 0.0))[2]
+            time_ms = max(0.0, (mean_after * (warmup + runs) - mean_before * warmup) / runs)
+            ops.append(OpTime(name=name, type=node_type, time_ms=time_ms, share=0.0,
+                              device=f"{runner.device}/{exec_type}", source=sources.get(name)))
+        precision = runner.settings().get("inference_precision")
+        runner.close()
+        return OpProfile.build(
+            "openvino", runs, wall_ms, ops,
+            notes=[f"OpenVINO performance counters (real time, whole microseconds) on {runner.device}, "
+                   f"inference precision {precision}; {warmup} warm-up runs excluded",
+                   "nodes fused by OpenVINO report under the surviving node; "
+                   "unexplained = infer-request and Python overhead"],
+        )
+
+
+def _counters(request) -> dict[str, tuple[str, str, float]]:
+    """Executed node → (type, exec type, mean real time in ms) as the plugin reports it now."""
+    return {
+        info.node_name: (info.node_type, info.exec_type, info.real_time.total_seconds() * 1e3)
+        for info in request.get_profiling_info()
+        if info.status.name == "EXECUTED"
+    }
+
+
+def _runtime_sources(runner: OpenVinoRunner) -> dict[str, str]:
+    """Runtime node name → source module, via originalLayersNames and the stored IR source map."""
+    model = getattr(runner, "model", None)
+    try:
+        sources = json.loads(model.get_rt_info(_SOURCES_KEY).astype(str)) if model is not None else {}
+    except (RuntimeError, ValueError):
+        sources = {}
+    if not sources:
+        return {}
+    out = {}
+    for op in runner.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        originals = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info.keys() else []
+        for original in originals:
+            src = sources.get(original) or sources.get(original.split("/")[0])
+            if src:
+                out[op.get_friendly_name()] = src
+                break
+    return out

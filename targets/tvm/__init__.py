@@ -1,0 +1,144 @@
+"""Apache TVM: tuned, cross-compiled, profiled on devices over RPC.
+
+IR → ``relax.frontend.torch.from_exported_program`` → legalize + fuse → (MetaSchedule database)
+→ ``relax.build`` for the profile's target (a JSON dict) → ``model.so`` via ``export_library``,
+linked with the profile's cross compiler when it has one.  Weights are constants inside the
+library, so ``model.so`` is the whole runtime artifact.
+
+Options read from the profile: ``tvm_target`` (dict; ``mcpu = "native"`` = this CPU; default
+this CPU), ``tvm_host``, ``threads`` (runtime thread pool, and the target's ``num-cores``),
+``cross_compiler`` and ``tuning_trials``; ``[remote]`` gives the RPC tracker and device key.
+
+Untuned TVM is about 100x slower than ORT on a CPU, so ``edgeformer tune`` (``tuning.tune``)
+stores a MetaSchedule database per profile and workload, and ``compile`` applies it, or warns
+that there is none.  Files: ``build.py`` (import, lowering, build, export), ``tuning.py``,
+``runner.py`` (Relax VM runner and per-op times), ``remote.py`` (profiling over the tracker).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..base import CompileResult, OpProfile, Target
+from . import build as tb
+from . import tuning
+from .tuning import TuneResult, tune
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TuneResult", "TvmTarget", "profile_remote", "tune"]
+
+
+def profile_remote(artifact_dir, tracker: str, key: str, **kwargs) -> dict:
+    """Time ``artifact_dir/model.so`` on a device from the tracker; see ``remote.profile_remote``."""
+    from .remote import profile_remote as _remote
+
+    return _remote(artifact_dir, tracker, key, **kwargs)
+
+
+class TvmTarget(Target):
+    name = "tvm"
+    description = "Apache TVM (Relax): MetaSchedule-tuned model.so, cross-compiled, profiled over RPC"
+    extra = "tvm"
+    distributions = ("apache-tvm",)
+    main_file = tb.LIBRARY
+
+    @classmethod
+    def is_available(cls) -> str | None:
+        reason = super().is_available()
+        if reason:
+            return reason
+        import importlib.util
+
+        missing = [m for m in ("cloudpickle", "tornado", "psutil") if importlib.util.find_spec(m) is None]
+        if missing:  # tvm's RPC and MetaSchedule import these at run time
+            return f"{', '.join(missing)} not installed: pip install 'edgeformer[{cls.extra}]'"
+        return None
+
+    def can_run_here(self, profile) -> str | None:
+        if tb.is_cross(profile):
+            return (f"the library is built for {tb.target_arch(profile)}, not this machine; "
+                    "run it on the device, e.g. edgeformer profile DIR --remote HOST:PORT --key KEY")
+        return None
+
+    def cache_options(self, profile) -> dict:
+        opts = profile.options.to_dict()
+        opts["tvm_target"] = tb.target_dict(profile)  # "native" resolved: another CPU, another key
+        opts["tuning_database"] = tuning.database_digest(profile)
+        return opts
+
+    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+        import time
+
+        from tvm import relax
+
+        t0 = time.perf_counter()
+        target, mod, key = tuning.prepare(graph, profile)
+        db_dir = tuning.database_dir(profile, key)
+        database = tuning.open_database(db_dir) if tuning.has_database(db_dir) else None
+        if database is None:
+            log.warning(
+                "no TVM tuning database for %s on %s (looked in %s): compiling untuned, which runs about "
+                "100x slower than tuned; run `edgeformer tune %s --profile %s` first",
+                graph.name, profile.name, db_dir, graph.name, profile.name)
+        tuned_funcs = _count_tuned(mod, database) if database is not None else 0
+        executable = tb.build(mod, target, database)
+        tb.export(executable, out_dir / tb.LIBRARY, profile.options.cross_compiler)
+        funcs = [gv.name_hint for gv, f in mod.functions.items() if not isinstance(f, relax.Function)]
+        details = {
+            "tvm_target": tb.target_dict(profile),
+            "tvm_host": tb.host_dict(profile),
+            "arch": tb.target_arch(profile),
+            "cross_compiler": profile.options.cross_compiler or None,
+            "workload": key,
+            "tir_functions": len(funcs),
+            "params": "bound as constants inside model.so",
+            "tuning": {
+                "database": str(db_dir) if database is not None else None,
+                "status": "tuned" if database is not None else "untuned",
+                "tuned_functions": tuned_funcs,
+                "records": len(database.get_all_tuning_records()) if database is not None else 0,
+                "message": (f"applied the MetaSchedule database in {db_dir}" if database is not None else
+                            f"no tuning database for this workload ({db_dir}); untuned TVM runs about 100x "
+                            f"slower: run `edgeformer tune {graph.name} --profile {profile.name}`"),
+            },
+            "build_time_s": round(time.perf_counter() - t0, 2),
+        }
+        return CompileResult(files=[tb.LIBRARY], details=details)
+
+    def load(self, artifact_dir: Path, manifest, profile):
+        from .runner import TvmRunner
+
+        return TvmRunner(Path(artifact_dir), profile.options.threads)
+
+    def profile_ops(self, artifact_dir, manifest, profile, inputs, runs: int) -> OpProfile:
+        runner = self.load(artifact_dir, manifest, profile)
+        try:
+            return runner.profile_ops(inputs, runs)
+        finally:
+            runner.close()
+
+    def profile_remote(self, artifact_dir, manifest, profile, *, tracker: str, key: str, inputs=None,
+                       min_runs: int = 50, min_seconds: float = 1.0, warmup: int = 1, **kwargs) -> dict:
+        """The hook ``edgeformer.profiling.profile_artifact(remote=...)`` calls."""
+        timeout = profile.remote.timeout_s if profile.remote else 60.0
+        return profile_remote(artifact_dir, tracker, key, inputs=inputs, min_runs=min_runs,
+                              min_seconds=min_seconds, warmup=warmup, threads=profile.options.threads,
+                              timeout_s=kwargs.pop("timeout_s", timeout), **kwargs)
+
+
+def _count_tuned(mod, database) -> int:
+    """TIR functions of the lowered module that the database has a schedule for."""
+    import tvm
+    from tvm import tirx
+
+    n = 0
+    target = None
+    for _, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc):
+            wl = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+            if database.has_workload(wl):
+                n += 1
+    del target
+    return n
