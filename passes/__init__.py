@@ -12,6 +12,7 @@ from .fold_layer_scale import FoldLayerScale
 from .fold_norm_affine import FoldNormAffine
 from .fold_pool_mixer import FoldPoolMixer
 from .fold_repbn import FoldRepBN
+from .lower_group_norm import LowerGroupNorm
 from .merge_parallel_heads import MergeParallelHeads
 from .reparameterize_branches import ReparameterizeBranches
 
@@ -39,6 +40,7 @@ for _cls in (
     FoldLayerScale,
     MergeParallelHeads,
     FoldNormAffine,
+    LowerGroupNorm,
 ):
     register(_cls)
 
@@ -69,14 +71,13 @@ PIPELINES: dict[str, list[str]] = {
         # Before fold_norm_affine: the final norm then feeds one head instead of two.
         "merge_parallel_heads",
         "fold_norm_affine",
+        # After fold_pool_mixer and fold_norm_affine: only affine-free GroupNorms are rewritten.
+        "lower_group_norm",
         # Last: folds the constant chains the others leave (views of merged scales) and removes
         # dead nodes and unused parameters.
         "fold_constants",
     ],
 }
-# Opt-in passes that are not in any default pipeline: rewrite_pool_as_conv is an option of
-# fold_pool_mixer (dw_conv=True), kept off because it measured slower (benchmarks/passes.py).
-
 # Each target's default pipeline (a dict, not an if-chain).
 TARGET_PIPELINES: dict[str, str] = {
     "onnxruntime": "exact",
@@ -85,6 +86,21 @@ TARGET_PIPELINES: dict[str, str] = {
     "coreml": "exact",
     "executorch": "exact",
 }
+
+
+# Per-target pass options, chosen by measurement (benchmarks/passes.py, figures in the pass
+# docstrings).  fold_pool_mixer's dw_conv form stays off everywhere: it measured slower or equal on
+# ONNX Runtime and OpenVINO (more ops than the pool it replaces).
+TARGET_OPTIONS: dict[str, dict[str, dict]] = {
+    "onnxruntime": {"lower_group_norm": {"form": "instance_norm"}},
+    "openvino": {"lower_group_norm": {"form": "layer_norm"}},
+}
+
+
+def default_options(target_name: str, pipeline: list[str] | None = None) -> dict[str, dict]:
+    """The target's pass options (for ``PassManager(options=...)``), limited to ``pipeline``."""
+    opts = TARGET_OPTIONS.get(target_name, {})
+    return {k: dict(v) for k, v in opts.items() if pipeline is None or k in pipeline}
 
 
 def pass_names() -> list[str]:
@@ -146,6 +162,20 @@ def _slot(names: list[str], new: str) -> int:
     return later[0] if later else len(names)
 
 
-__all__ = ["PIPELINES", "Pass", "PassCheckError", "PassManager", "PassRecord", "PassResult",
-           "TARGET_PIPELINES", "default_pipeline", "describe_passes", "get_pass", "pass_names",
-           "register", "resolve_pipeline"]
+__all__ = [
+    "PIPELINES",
+    "TARGET_OPTIONS",
+    "TARGET_PIPELINES",
+    "Pass",
+    "PassCheckError",
+    "PassManager",
+    "PassRecord",
+    "PassResult",
+    "default_options",
+    "default_pipeline",
+    "describe_passes",
+    "get_pass",
+    "pass_names",
+    "register",
+    "resolve_pipeline",
+]

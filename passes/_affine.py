@@ -45,8 +45,9 @@ def per_channel(value: torch.Tensor, out_shape: tuple[int, ...], axis: int) -> t
     return value.reshape(-1).expand(c).clone() if value.numel() == 1 else value.reshape(c)
 
 
-def fold_into_producer(ed: Editor, producer: fx.Node, scale: torch.Tensor | None,
-                       shift: torch.Tensor | None = None) -> None:
+def fold_into_producer(
+    ed: Editor, producer: fx.Node, scale: torch.Tensor | None, shift: torch.Tensor | None = None
+) -> None:
     """Make ``producer`` (conv/linear) compute ``scale ⊙ out + shift`` per output channel."""
     w = ed.const(arg(producer, "weight")).double()
     b_node = arg(producer, "bias")
@@ -130,8 +131,7 @@ def _in_channel_index(w: torch.Tensor, groups: int) -> torch.Tensor:
     return group[:, None] * cin_g + torch.arange(cin_g)[None, :]
 
 
-def fold_into_consumer(ed: Editor, consumer: fx.Node, scale: torch.Tensor | None,
-                       shift: torch.Tensor | None) -> None:
+def fold_into_consumer(ed: Editor, consumer: fx.Node, scale: torch.Tensor | None, shift: torch.Tensor | None) -> None:
     """Make ``consumer`` (linear/conv) compute ``W (scale ⊙ x + shift) + b`` from ``x``.
 
     For a padded conv the shift term varies near the borders (padded taps see 0, not ``shift``),
@@ -152,8 +152,9 @@ def fold_into_consumer(ed: Editor, consumer: fx.Node, scale: torch.Tensor | None
         x_shape = shape(arg(consumer, "input"))
         field = shift.double().reshape(1, -1, *([1] * (len(x_shape) - 2))).expand(1, *x_shape[1:])
         conv = F.conv1d if is_op(consumer, "aten.conv1d") else F.conv2d
-        bias_map = conv(field, w, b, arg(consumer, "stride"), arg(consumer, "padding"),
-                        arg(consumer, "dilation"), groups)
+        bias_map = conv(
+            field, w, b, arg(consumer, "stride"), arg(consumer, "padding"), arg(consumer, "dilation"), groups
+        )
         if b_node is not None:
             set_arg(consumer, "bias", None)
         dtype = consumer.meta["val"].dtype

@@ -94,7 +94,7 @@ def describe(*nodes: fx.Node) -> str:
 
 def shape(node) -> tuple[int, ...] | None:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return tuple(int(s) for s in val.shape) if isinstance(val, torch.Tensor) else None
+    return tuple(s if isinstance(s, int) else -1 for s in val.shape) if isinstance(val, torch.Tensor) else None
 
 
 def strip_permutes(node: fx.Node) -> tuple[fx.Node, list[int]]:
@@ -121,13 +121,22 @@ class Editor:
         ep = graph.program
         self.ep = ep
         new = fx.Graph()
-        out = new.graph_copy(ep.graph, {})
+        copies: dict[fx.Node, fx.Node] = {}
+        out = new.graph_copy(ep.graph, copies)
         new.output(out)
         self.gm = fx.GraphModule(ep.graph_module, new)
         self.graph = new
         self.state = dict(ep.state_dict)
         self.constants = dict(ep.constants)
-        self.specs = {s.arg.name: copy.copy(s) for s in ep.graph_signature.input_specs}
+        # graph_copy may rename a placeholder (``input`` → ``input_1``): key specs by the copy's names
+        by_name = {old.name: copies[old].name for old in ep.graph.nodes if old.op == "placeholder"}
+        self._renamed = {k: v for k, v in by_name.items() if k != v}
+        self.specs = {}
+        for spec in ep.graph_signature.input_specs:
+            spec = copy.copy(spec)
+            if isinstance(spec.arg, TensorArgument):
+                spec.arg = TensorArgument(by_name[spec.arg.name])
+            self.specs[spec.arg.name] = spec
         self.output_specs = [copy.copy(s) for s in ep.graph_signature.output_specs]
         vals = [n.meta.get("val") for n in new.nodes if n.op == "placeholder"]
         self.fake_mode = detect_fake_mode(vals) or FakeTensorMode()
@@ -167,8 +176,12 @@ class Editor:
             value = self.state[target] if target in self.state else self.constants.get(target)
         elif node.op == "get_attr":
             value = getattr(self.gm, node.target, None)
-        elif (node.op == "call_function" and not node.is_impure() and node.meta.get("val") is not None
-              and torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ())):
+        elif (
+            node.op == "call_function"
+            and not node.is_impure()
+            and node.meta.get("val") is not None
+            and torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ())
+        ):
             leaves = [a for a in node.all_input_nodes]
             vals = [self.const(a) for a in leaves]
             if all(v is not None for v in vals):
@@ -253,8 +266,9 @@ class Editor:
         val = user.meta.get("val")
         return val.dtype if isinstance(val, torch.Tensor) else tensor.dtype
 
-    def call(self, target, args: tuple, kwargs: dict | None = None, *, before: fx.Node,
-             like: fx.Node | None = None) -> fx.Node:
+    def call(
+        self, target, args: tuple, kwargs: dict | None = None, *, before: fx.Node, like: fx.Node | None = None
+    ) -> fx.Node:
         """Insert ``target(*args)`` before ``before``, with fake-tensor metadata."""
         kwargs = kwargs or {}
         with self.graph.inserting_before(before):
@@ -318,6 +332,12 @@ class Editor:
             sig = call_graph[0].signature = copy.copy(call_graph[0].signature)
             if len(sig.outputs) == len(user_outs):
                 sig.outputs = [copy.copy(a) for a in user_outs]
+            sig.inputs = [
+                TensorArgument(self._renamed[a.name])
+                if isinstance(a, TensorArgument) and a.name in self._renamed
+                else a
+                for a in sig.inputs
+            ]
         self.gm.recompile()
         program = ExportedProgram(
             root=self.gm,

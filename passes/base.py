@@ -115,8 +115,7 @@ class PassCheckError(UserError):
 def _max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return float("inf")
-    return max((float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b)),
-               default=0.0)
+    return max((float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b)), default=0.0)
 
 
 def _histogram(graph: Graph) -> Counter:
@@ -136,17 +135,25 @@ def revalidate(graph: Graph) -> Graph:
 
 
 class PassManager:
-    def __init__(self, names: list[str], *, check: bool = True, atol: float = EXACT_ATOL,
-                 dump_dir: str | Path | None = None, explain: bool = False,
-                 options: dict[str, dict] | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        check: bool = True,
+        atol: float = EXACT_ATOL,
+        dump_dir: str | Path | None = None,
+        explain: bool = False,
+        options: dict[str, dict] | None = None,
+    ):
         from edgeformer.passes import get_pass
 
         options = dict(options or {})
         for n in options:
             if n not in names:
                 get_pass(n)  # an unknown name raises with suggestions
-                raise UserError(f"options given for pass {n!r}, which is not in the pipeline",
-                                f"add it with --passes +{n}")
+                raise UserError(
+                    f"options given for pass {n!r}, which is not in the pipeline", f"add it with --passes +{n}"
+                )
         self.passes = [get_pass(n)(**options.get(n, {})) for n in names]
         self.check = check
         self.atol = atol
@@ -169,8 +176,10 @@ class PassManager:
             except UserError:
                 raise
             except Exception as err:
-                raise PassCheckError(f"pass '{p.name}' failed: {type(err).__name__}: {err}",
-                                     f"drop it with --passes -{p.name} and report the bug") from err
+                raise PassCheckError(
+                    f"pass '{p.name}' failed: {type(err).__name__}: {err}",
+                    f"drop it with --passes -{p.name} and report the bug",
+                ) from err
             elapsed = time.perf_counter() - t0
             new = result.graph
             if result.changed:
@@ -179,18 +188,24 @@ class PassManager:
                 except Exception as err:
                     raise PassCheckError(
                         f"pass '{p.name}' produced an invalid program ({type(err).__name__}: {err})",
-                        f"drop it with --passes -{p.name} and report the bug") from err
+                        f"drop it with --passes -{p.name} and report the bug",
+                    ) from err
             new_hist = _histogram(new)
-            delta = {op: new_hist[op] - hist[op] for op in sorted(set(hist) | set(new_hist))
-                     if new_hist[op] != hist[op]}
+            delta = {
+                op: new_hist[op] - hist[op] for op in sorted(set(hist) | set(new_hist)) if new_hist[op] != hist[op]
+            }
             details = dict(result.details)
             explain = details.pop("explain", [])
             rec = PassRecord(
-                name=p.name, exact=p.exact, changed=result.changed,
+                name=p.name,
+                exact=p.exact,
+                changed=result.changed,
                 matched=int(details.pop("matched", 0)),
                 nodes_removed=sum(hist.values()) - sum(new_hist.values()),
                 params_folded=int(details.pop("params_folded", 0)),
-                time_s=round(elapsed, 4), op_delta=delta, details=details,
+                time_s=round(elapsed, 4),
+                op_delta=delta,
+                details=details,
             )
             if self.explain:
                 rec.details["explain"] = explain
@@ -215,8 +230,15 @@ class PassManager:
                 if self.explain and explain:
                     text += "\n# explain\n" + "\n".join(explain)
                 (self.dump_dir / f"{i:02d}-{p.name}.txt").write_text(text + "\n")
-            log.info("pass %s: changed=%s matched=%d removed=%d folded=%d %.3fs", p.name, rec.changed,
-                     rec.matched, rec.nodes_removed, rec.params_folded, rec.time_s)
+            log.info(
+                "pass %s: changed=%s matched=%d removed=%d folded=%d %.3fs",
+                p.name,
+                rec.changed,
+                rec.matched,
+                rec.nodes_removed,
+                rec.params_folded,
+                rec.time_s,
+            )
             records.append(rec)
             graph, hist = new, new_hist
         return graph, records

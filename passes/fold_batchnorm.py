@@ -111,8 +111,9 @@ class FoldBatchNorm(Pass):
             ed.replace(bn, arg(bn, "input"))
             ed.match(producer, bn, note="into the layer before")
         for bn, (s, t), why_not_after in pending:
-            consumers, why_not = (trace_consumers(bn, 1, self.options.border_bias_map)
-                                  if self.options.before else ([], "before=False"))
+            consumers, why_not = (
+                trace_consumers(bn, 1, self.options.border_bias_map) if self.options.before else ([], "before=False")
+            )
             if not consumers:
                 ed.reject(bn, f"{why_not_after}; and {why_not}")
                 continue

@@ -52,11 +52,11 @@ class FoldConstants(Pass):
                 u.op != "output" for u in node.users
             ):
                 continue  # an inner node of a constant chain: its consumer gets folded instead
-            size_in = sum(ed.const(a).numel() for a in _roots(ed, node))
+            roots = _roots(node)
+            size_in = sum(ed.const(a).numel() for a in roots)
             if value.numel() > max(size_in, self.options.max_growth_numel):
                 ed.reject(node, f"folding would grow {size_in:,} constant elements to {value.numel():,}")
                 continue
-            roots = _roots(ed, node)
             hint = ed.specs[roots[0].name].target if roots and roots[0].name in ed.specs else node.name
             param = ed.add_param(f"{hint}_const", value.clone())
             ed.params_folded += 1
@@ -67,7 +67,7 @@ class FoldConstants(Pass):
         return self.result(graph, ed, removed_dead=removed)
 
 
-def _roots(ed: Editor, node) -> list:
+def _roots(node) -> list:
     """The parameter/buffer/constant placeholders ``node`` is computed from."""
     seen, todo, out = set(), [node], []
     while todo:
@@ -78,4 +78,5 @@ def _roots(ed: Editor, node) -> list:
         if n.op == "placeholder":
             out.append(n)
         todo.extend(n.all_input_nodes)
-    return out
+    order = {n: i for i, n in enumerate(node.graph.nodes) if n.op == "placeholder"}
+    return sorted(out, key=order.__getitem__)

@@ -65,4 +65,3 @@ class FoldNormAffine(Pass):
             set_arg(norm, "bias", None)
             ed.match(norm, *consumers)
         return self.result(graph, ed)
-

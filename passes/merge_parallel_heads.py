@@ -76,8 +76,10 @@ class MergeParallelHeads(Pass):
                 ed.reject(add, "the heads' outputs differ in shape (broadcasting add)")
                 continue
             ws = [ed.const(arg(h, "weight")) for h in heads]
-            bs = [ed.const(arg(h, "bias")) if arg(h, "bias") is not None else torch.zeros(w.shape[0])
-                  for h, w in zip(heads, ws)]
+            bs = [
+                ed.const(arg(h, "bias")) if arg(h, "bias") is not None else torch.zeros(w.shape[0])
+                for h, w in zip(heads, ws)
+            ]
             if any(v is None for v in ws + bs):
                 ed.reject(add, "a head's weights are not constant")
                 continue

@@ -88,8 +88,12 @@ def _merge(ed: Editor, add: fx.Node):
             conv, s, t = branch
             if arg(conv, "input") is not x:
                 return f"{conv.name} reads another input"
-            if (list(arg(conv, "stride")) != stride or list(arg(conv, "dilation")) != dilation
-                    or arg(conv, "groups") != groups or any(d != 1 for d in dilation)):
+            if (
+                list(arg(conv, "stride")) != stride
+                or list(arg(conv, "dilation")) != dilation
+                or arg(conv, "groups") != groups
+                or any(d != 1 for d in dilation)
+            ):
                 return f"{conv.name} differs in stride, dilation or groups"
             w, p = ed.const(arg(conv, "weight")), arg(conv, "padding")
             if w is None or isinstance(p, str) or w.shape[:2] != (cout, cin_g):
@@ -139,8 +143,9 @@ class ReparameterizeBranches(Pass):
         ed = Editor(graph)
         for add in [n for n in ed.graph.nodes if is_op(n, "aten.add")]:
             users = list(add.users)
-            if arg(add, "alpha") != 1 or (len(users) == 1 and is_op(users[0], "aten.add")
-                                          and arg(users[0], "alpha") == 1):
+            if arg(add, "alpha") != 1 or (
+                len(users) == 1 and is_op(users[0], "aten.add") and arg(users[0], "alpha") == 1
+            ):
                 continue  # an inner add: the root of the tree is tried instead
             self._try(ed, add)
         return self.result(graph, ed)

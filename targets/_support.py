@@ -9,13 +9,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import io
+import logging
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from edgeformer.errors import UnsupportedOpError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgeformer.ir import Graph
+
+_log = logging.getLogger(__name__)
 
 
 def first_line(err: BaseException) -> str:
@@ -83,8 +88,10 @@ def unsupported_op_error(graph: Graph, runtime: str, ops: Iterable[str], fix: st
         places = op_locations(graph, op)
         name = display_name(op)
         parts.append(f"{name} (at {'; '.join(places)})" if places else name)
-    fix = fix or ("rewrite or replace that module (e.g. with a supported approximation), "
-                  "or choose another target: `edgeformer targets` lists them")
+    fix = fix or (
+        "rewrite or replace that module (e.g. with a supported approximation), "
+        "or choose another target: `edgeformer targets` lists them"
+    )
     noun = "op" if len(parts) == 1 else "ops"
     return UnsupportedOpError(f"{runtime} cannot convert {noun} {', '.join(parts)}", fix)
 
@@ -102,3 +109,28 @@ def input_shapes(graph: Graph) -> list[list[int]]:
 def dtype_name(dtype) -> str:
     """torch/numpy dtype → "float32" style name."""
     return str(dtype).replace("torch.", "")
+
+
+@contextlib.contextmanager
+def quiet_sdk(*loggers: str) -> Iterator[None]:
+    """Hide an SDK's import-time warnings and progress bars (coremltools, torchao) for a call.
+
+    They are about the SDK's own optional parts (its macOS-only bindings, untested torch
+    versions), not about the user's model; ``--debug`` style logging at DEBUG level keeps them.
+    """
+    saved = {}
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.DEBUG:
+            saved[name] = logger.level
+            logger.setLevel(logging.ERROR)
+    # tqdm bars go to sys.stderr (logging handlers keep their own stream, so errors still show)
+    bars = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(bars):
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if bars.getvalue():
+            _log.debug("%s", bars.getvalue()[-2000:])

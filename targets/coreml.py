@@ -38,7 +38,7 @@ import numpy as np
 
 from edgeformer.errors import UserError
 
-from ._support import first_line, unsupported_op_error
+from ._support import first_line, quiet_sdk, unsupported_op_error
 from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,13 @@ log = logging.getLogger(__name__)
 PACKAGE = "model.mlpackage"
 _PRECISIONS = ("fp16", "fp32")
 # IR dtype -> (numpy dtype Core ML takes, ArrayFeatureType name); Core ML has no int64 I/O
-_IO_DTYPES = {"float32": (np.float32, "FLOAT32"), "float16": (np.float16, "FLOAT16"),
-              "int32": (np.int32, "INT32"), "int64": (np.int32, "INT32")}
+_IO_DTYPES = {
+    "float32": (np.float32, "FLOAT32"),
+    "float16": (np.float16, "FLOAT16"),
+    "int32": (np.int32, "INT32"),
+    "int64": (np.int32, "INT32"),
+}
+_SDK_LOGGERS = ("coremltools", "torchao", "torchao.kernel.intmm")
 _UUID_NAMESPACE = uuid.UUID("6f1c3a52-2b8e-4d7e-9c1a-0e5d2f7b8a41")
 
 
@@ -62,13 +67,32 @@ def _deployment_target(ct, name: str):
     try:
         return known[name.lower()]
     except KeyError:
-        raise UserError(f"unknown Core ML minimum_deployment_target {name!r}",
-                        f"use one of {', '.join(sorted(t.name for t in ct.target))}") from None
+        raise UserError(
+            f"unknown Core ML minimum_deployment_target {name!r}",
+            f"use one of {', '.join(sorted(t.name for t in ct.target))}",
+        ) from None
+
+
+# Identity ops in an inference graph that coremltools has no converter for (a full-range slice
+# such as ``H[:, :seq_len]`` exports as aten.alias).
+_IDENTITY_OPS = ("aten.alias", "aten.alias_copy", "aten.detach", "aten.detach_copy", "aten.lift_fresh_copy")
 
 
 def _program(graph):
     """coremltools takes the ATen (inference) dialect, not torch.export's training IR."""
-    return graph.replace(graph.program.run_decompositions({}))
+    from edgeformer.ir import op_name
+
+    program = graph.program.run_decompositions({})
+    dropped = 0
+    for node in list(program.graph.nodes):
+        if node.op == "call_function" and op_name(node.target) in _IDENTITY_OPS:
+            node.replace_all_uses_with(node.args[0])
+            program.graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        program.graph_module.recompile()
+        log.info("coreml: dropped %d identity ops (alias/detach) before conversion", dropped)
+    return graph.replace(program)
 
 
 def unconvertible_ops(program) -> list[str]:
@@ -96,12 +120,16 @@ def _io_specs(graph) -> tuple[list[dict], list[dict]]:
     from ._support import dtype_name, input_shapes
 
     placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
-    inputs = [{"name": name, "shape": shape, "dtype": dtype_name(placeholders[p].meta["val"].dtype)}
-              for name, shape, p in zip(graph.input_names, input_shapes(graph), graph.program.graph_signature.user_inputs)]
+    inputs = [
+        {"name": name, "shape": shape, "dtype": dtype_name(placeholders[p].meta["val"].dtype)}
+        for name, shape, p in zip(graph.input_names, input_shapes(graph), graph.program.graph_signature.user_inputs)
+    ]
     out_node = next(n for n in graph.program.graph.nodes if n.op == "output")
     vals = [a.meta["val"] for a in out_node.args[0] if hasattr(a, "meta")]
-    outputs = [{"name": name, "shape": [int(d) if isinstance(d, int) else -1 for d in v.shape],
-                "dtype": dtype_name(v.dtype)} for name, v in zip(graph.output_names, vals)]
+    outputs = [
+        {"name": name, "shape": [int(d) if isinstance(d, int) else -1 for d in v.shape], "dtype": dtype_name(v.dtype)}
+        for name, v in zip(graph.output_names, vals)
+    ]
     return inputs, outputs
 
 
@@ -111,7 +139,9 @@ def _fix_package_manifest(package: Path) -> None:
     data = json.loads(path.read_text())
     entries = data.get("itemInfoEntries", {})
     renamed = {old: str(uuid.uuid5(_UUID_NAMESPACE, item["path"])).upper() for old, item in entries.items()}
-    data["itemInfoEntries"] = {renamed[old]: item for old, item in sorted(entries.items(), key=lambda kv: renamed[kv[0]])}
+    data["itemInfoEntries"] = {
+        renamed[old]: item for old, item in sorted(entries.items(), key=lambda kv: renamed[kv[0]])
+    }
     if data.get("rootModelIdentifier") in renamed:
         data["rootModelIdentifier"] = renamed[data["rootModelIdentifier"]]
     path.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
@@ -127,18 +157,21 @@ def _feature(feature) -> dict:
     from coremltools.proto import FeatureTypes_pb2
 
     arr = feature.type.multiArrayType
-    return {"name": feature.name, "shape": [int(d) for d in arr.shape],
-            "dtype": FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType)}
+    return {
+        "name": feature.name,
+        "shape": [int(d) for d in arr.shape],
+        "dtype": FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType),
+    }
 
 
-def structural_checks(spec, inputs: list[dict], outputs: list[dict], *, precision: str, target,
-                      missing_ops: list[str]) -> tuple[dict[str, bool], list[str]]:
+def structural_checks(
+    spec, inputs: list[dict], outputs: list[dict], *, precision: str, target, missing_ops: list[str]
+) -> tuple[dict[str, bool], list[str]]:
     """The checks that stand in for numerics where Core ML cannot run; (checks, problems)."""
     got_in = [_feature(f) for f in spec.description.input]
     got_out = [_feature(f) for f in spec.description.output]
     ops = mil_operations(spec)
-    fp16_ops = sum(1 for op in ops if op.type != "const"
-                   for o in op.outputs if o.type.tensorType.dataType == _MIL_FP16)
+    fp16_ops = sum(1 for op in ops if op.type != "const" for o in op.outputs if o.type.tensorType.dataType == _MIL_FP16)
     checks = {
         "spec_loads": bool(spec.WhichOneof("Type") == "mlProgram" and ops),
         "every_op_converted": not missing_ops,
@@ -156,8 +189,14 @@ def structural_checks(spec, inputs: list[dict], outputs: list[dict], *, precisio
         if not ok:
             problems.append(key)
     if problems:
-        log.warning("coreml structural checks failed: %s (inputs %s vs %s, outputs %s vs %s)",
-                    ", ".join(problems), got_in, inputs, got_out, outputs)
+        log.warning(
+            "coreml structural checks failed: %s (inputs %s vs %s, outputs %s vs %s)",
+            ", ".join(problems),
+            got_in,
+            inputs,
+            got_out,
+            outputs,
+        )
     return checks, problems
 
 
@@ -187,8 +226,13 @@ class CoreMLRunner(Runner):
     def settings(self) -> dict:
         import coremltools as ct
 
-        return {"runtime": "coreml", "coremltools": ct.__version__, "compute_units": self.compute_units,
-                "macos": platform.mac_ver()[0], "model_file": PACKAGE}
+        return {
+            "runtime": "coreml",
+            "coremltools": ct.__version__,
+            "compute_units": self.compute_units,
+            "macos": platform.mac_ver()[0],
+            "model_file": PACKAGE,
+        }
 
 
 class CoreMLTarget(Target):
@@ -203,19 +247,27 @@ class CoreMLTarget(Target):
         if reason:
             return reason
         if not on_macos():
-            return (f"Core ML execution needs macOS (this is {platform.system()}): the package was validated "
-                    "structurally instead; run `edgeformer profile` on a Mac for numerics and latency")
+            return (
+                f"Core ML execution needs macOS (this is {platform.system()}): the package was validated "
+                "structurally instead; run `edgeformer profile` on a Mac for numerics and latency"
+            )
         if profile.options.aot_only:
             return f"profile {profile.name} compiles ahead of time only: run model.mlpackage in the app on the device"
         return None
 
     def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+        with quiet_sdk(*_SDK_LOGGERS):
+            return self._compile(graph, profile, out_dir)
+
+    def _compile(self, graph, profile, out_dir: Path) -> CompileResult:
         import coremltools as ct
 
         opts = profile.options
         if opts.precision not in _PRECISIONS:
-            raise UserError(f"profile {profile.name}: Core ML precision {opts.precision} is not supported here",
-                            "use precision = \"fp16\" or \"fp32\" (int8 needs coremltools.optimize)")
+            raise UserError(
+                f"profile {profile.name}: Core ML precision {opts.precision} is not supported here",
+                'use precision = "fp16" or "fp32" (int8 needs coremltools.optimize)',
+            )
         target = _deployment_target(ct, opts.minimum_deployment_target)
         graph = _program(graph)
         missing = unconvertible_ops(graph.program)
@@ -223,9 +275,16 @@ class CoreMLTarget(Target):
             raise unsupported_op_error(graph, f"Core ML (coremltools {ct.__version__})", missing)
         inputs, outputs = _io_specs(graph)
         for spec in inputs + outputs:
+            if -1 in spec["shape"]:
+                raise UserError(
+                    f"the Core ML target needs static shapes; {spec['name']} has {spec['shape']}",
+                    "compile without dynamic batch (one package per input shape)",
+                )
             if spec["dtype"] not in _IO_DTYPES:
-                raise UserError(f"Core ML has no {spec['dtype']} tensors (input/output {spec['name']})",
-                                "cast it to float32 or int32 in the model")
+                raise UserError(
+                    f"Core ML has no {spec['dtype']} tensors (input/output {spec['name']})",
+                    "cast it to float32 or int32 in the model",
+                )
         kwargs = {"minimum_deployment_target": target} if target is not None else {}
         try:
             mlmodel = ct.convert(
@@ -233,21 +292,26 @@ class CoreMLTarget(Target):
                 convert_to="mlprogram",
                 compute_precision=ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32,
                 compute_units=ct.ComputeUnit[opts.compute_units],
-                inputs=[ct.TensorType(name=s["name"], shape=s["shape"], dtype=_IO_DTYPES[s["dtype"]][0]) for s in inputs],
+                inputs=[
+                    ct.TensorType(name=s["name"], shape=s["shape"], dtype=_IO_DTYPES[s["dtype"]][0]) for s in inputs
+                ],
                 outputs=[ct.TensorType(name=s["name"], dtype=_IO_DTYPES[s["dtype"]][0]) for s in outputs],
                 skip_model_load=not on_macos(),
                 **kwargs,
             )
         except Exception as err:  # noqa: BLE001 - the converter raises many types
-            raise UserError(f"Core ML could not convert {graph.name}: {first_line(err)}",
-                            "run with --debug for the converter's trace") from err
+            raise UserError(
+                f"Core ML could not convert {graph.name}: {first_line(err)}",
+                "run with --debug for the converter's trace",
+            ) from err
         package = out_dir / PACKAGE
         mlmodel.save(str(package))
         _fix_package_manifest(package)
 
         spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
-        checks, problems = structural_checks(spec, inputs, outputs, precision=opts.precision, target=target,
-                                             missing_ops=missing)
+        checks, problems = structural_checks(
+            spec, inputs, outputs, precision=opts.precision, target=target, missing_ops=missing
+        )
         ops = mil_operations(spec)
         hist: dict[str, int] = {}
         for op in ops:
@@ -278,9 +342,8 @@ class CoreMLTarget(Target):
         reason = self.can_run_here(profile)
         if reason:
             raise UserError(f"Core ML latency and per-op profiles need macOS: {reason}")
-        from coremltools.models.compute_plan import MLComputePlan
-
         import coremltools as ct
+        from coremltools.models.compute_plan import MLComputePlan
 
         runner = self.load(artifact_dir, manifest, profile)
         runner.run(inputs)  # warm-up
@@ -289,19 +352,37 @@ class CoreMLTarget(Target):
         for _ in range(runs):
             runner.run(inputs)
         e2e_ms = (time.perf_counter() - t0) * 1e3 / runs
-        plan = MLComputePlan.load_from_path(runner.model.get_compiled_model_path(),
-                                            compute_units=ct.ComputeUnit[profile.options.compute_units])
+        plan = MLComputePlan.load_from_path(
+            runner.model.get_compiled_model_path(), compute_units=ct.ComputeUnit[profile.options.compute_units]
+        )
         ops = []
         for i, op in enumerate(plan.model_structure.program.functions["main"].block.operations):
             if op.operator_name == "const":
                 continue
             usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
             cost = plan.get_estimated_cost_for_mlprogram_operation(op)
-            device = type(usage.preferred_compute_device).__name__.replace("ML", "").replace("ComputeDevice", "") \
-                if usage else None
+            device = (
+                type(usage.preferred_compute_device).__name__.replace("ML", "").replace("ComputeDevice", "")
+                if usage
+                else None
+            )
             name = op.outputs[0].name if op.outputs else f"{op.operator_name}_{i}"
-            ops.append(OpTime(name=name, type=op.operator_name, time_ms=(cost.weight if cost else 0.0) * e2e_ms,
-                              share=0.0, device=device))
-        return OpProfile.build("coreml", runs, e2e_ms, ops, notes=[
-            "Core ML has no per-op timer: times are the compute plan's estimated cost share x measured latency",
-            f"compute units {profile.options.compute_units}; device = the op's preferred compute unit"])
+            ops.append(
+                OpTime(
+                    name=name,
+                    type=op.operator_name,
+                    time_ms=(cost.weight if cost else 0.0) * e2e_ms,
+                    share=0.0,
+                    device=device,
+                )
+            )
+        return OpProfile.build(
+            "coreml",
+            runs,
+            e2e_ms,
+            ops,
+            notes=[
+                "Core ML has no per-op timer: times are the compute plan's estimated cost share x measured latency",
+                f"compute units {profile.options.compute_units}; device = the op's preferred compute unit",
+            ],
+        )

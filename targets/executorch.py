@@ -31,7 +31,7 @@ import numpy as np
 
 from edgeformer.errors import UserError
 
-from ._support import first_line, unsupported_op_error
+from ._support import first_line, quiet_sdk, unsupported_op_error
 from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,15 @@ def _lower(graph, partitioner: str):
         found = _NOT_CORE.search(str(err))
         if found:
             raise unsupported_op_error(
-                graph, "ExecuTorch", [found.group(1)],
+                graph,
+                "ExecuTorch",
+                [found.group(1)],
                 "it is not a Core ATen op, so ExecuTorch has no kernel for it: rewrite that module, "
                 "or choose another target (`edgeformer targets`)",
             ) from err
-        raise UserError(f"ExecuTorch could not lower {graph.name}: {first_line(err)}",
-                        "run with --debug for the trace") from err
+        raise UserError(
+            f"ExecuTorch could not lower {graph.name}: {first_line(err)}", "run with --debug for the trace"
+        ) from err
 
 
 def _check_kernels(graph, program) -> list[str]:
@@ -137,8 +140,9 @@ class ExecuTorchRunner(Runner):
         if options.threads:
             runtime._legacy_module._unsafe_reset_threadpool(int(options.threads))
         self._runtime = runtime
-        self.program = runtime.load_program(pte, verification=Verification.Minimal, enable_etdump=etdump,
-                                            debug_buffer_size=0)
+        self.program = runtime.load_program(
+            pte, verification=Verification.Minimal, enable_etdump=etdump, debug_buffer_size=0
+        )
         self.method = self.program.load_method("forward")
         self._partitioner = options.partitioner
 
@@ -146,7 +150,7 @@ class ExecuTorchRunner(Runner):
         import torch
 
         outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
-        return [np.array(o) for o in outputs]
+        return [o.detach().numpy().copy() for o in outputs]
 
     def settings(self) -> dict:
         from executorch.version import __version__
@@ -155,8 +159,13 @@ class ExecuTorchRunner(Runner):
             threads = self._runtime._legacy_module._threadpool_get_thread_count()
         except AttributeError:
             threads = "default"
-        return {"runtime": "executorch", "version": __version__, "delegate": _DELEGATE if self._partitioner ==
-                "xnnpack" else "none (portable kernels)", "threads": threads, "model_file": "model.pte"}
+        return {
+            "runtime": "executorch",
+            "version": __version__,
+            "delegate": _DELEGATE if self._partitioner == "xnnpack" else "none (portable kernels)",
+            "threads": threads,
+            "model_file": "model.pte",
+        }
 
 
 class ExecuTorchTarget(Target):
@@ -173,8 +182,10 @@ class ExecuTorchTarget(Target):
         opts = profile.options
         if opts.aot_only:
             device = opts.device if opts.device.upper() != "CPU" else "its target device"
-            return (f"profile {profile.name} compiles ahead of time only: model.pte runs on {device} "
-                    "(push it with adb and run executor_runner or the ExecuTorch benchmark app)")
+            return (
+                f"profile {profile.name} compiles ahead of time only: model.pte runs on {device} "
+                "(push it with adb and run executor_runner or the ExecuTorch benchmark app)"
+            )
         if opts.partitioner == "xnnpack":
             from executorch.runtime import Runtime
 
@@ -183,28 +194,48 @@ class ExecuTorchTarget(Target):
         return None
 
     def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+        with quiet_sdk("torchao", "torchao.kernel.intmm"):
+            return self._compile(graph, profile, out_dir)
+
+    def _compile(self, graph, profile, out_dir: Path) -> CompileResult:
         opts = profile.options
         edge = _lower(graph, opts.partitioner)
         placement = delegation(edge.exported_program())
         try:
             program = edge.to_executorch()
         except Exception as err:  # noqa: BLE001
-            raise UserError(f"ExecuTorch could not emit {graph.name}: {first_line(err)}",
-                            "run with --debug for the trace") from err
+            raise UserError(
+                f"ExecuTorch could not emit {graph.name}: {first_line(err)}", "run with --debug for the trace"
+            ) from err
         missing = _check_kernels(graph, program)
         if missing:
             ops = [m.split(".")[0].replace("::", ".") for m in missing]
             raise unsupported_op_error(
-                graph, "this ExecuTorch runtime (no kernel)", ops,
+                graph,
+                "this ExecuTorch runtime (no kernel)",
+                ops,
                 f"no kernel registered for {', '.join(missing)}: rewrite that module, or choose another target",
             )
         (out_dir / "model.pte").write_bytes(program.buffer)
-        log.info("executorch: %d ops delegated to XNNPACK in %d subgraphs, %d fell back",
-                 placement["delegated_ops"], placement["delegated_subgraphs"], placement["fallback_ops"])
-        kernels = sorted({f"{o.name}.{o.overload}" if o.overload else o.name
-                          for p in program.executorch_program.execution_plan for o in p.operators})
-        details = {"partitioner": opts.partitioner, **placement, "portable_kernels": kernels,
-                   "pte_bytes": len(program.buffer)}
+        log.info(
+            "executorch: %d ops delegated to XNNPACK in %d subgraphs, %d fell back",
+            placement["delegated_ops"],
+            placement["delegated_subgraphs"],
+            placement["fallback_ops"],
+        )
+        kernels = sorted(
+            {
+                f"{o.name}.{o.overload}" if o.overload else o.name
+                for p in program.executorch_program.execution_plan
+                for o in p.operators
+            }
+        )
+        details = {
+            "partitioner": opts.partitioner,
+            **placement,
+            "portable_kernels": kernels,
+            "pte_bytes": len(program.buffer),
+        }
         if opts.aot_only:
             details["runs_on"] = opts.device
         return CompileResult(files=["model.pte"], details=details)
@@ -247,19 +278,35 @@ class ExecuTorchTarget(Target):
                 elif event.name == "OPERATOR_CALL":
                     continue  # wraps the native_call_* event before it
                 elif event.name.startswith("native_call_"):
-                    kernel = event.name[len("native_call_"):]
+                    kernel = event.name[len("native_call_") :]
                     node = fallback_nodes[native_index] if native_index < len(fallback_nodes) else {}
-                    ops.append(OpTime(name=f"{kernel}#{native_index}", type=f"aten.{kernel.split('.')[0]}",
-                                      time_ms=mean, share=0.0, device="portable", source=node.get("source")))
+                    ops.append(
+                        OpTime(
+                            name=f"{kernel}#{native_index}",
+                            type=f"aten.{kernel.split('.')[0]}",
+                            time_ms=mean,
+                            share=0.0,
+                            device="portable",
+                            source=node.get("source"),
+                        )
+                    )
                     native_index += 1
                 else:
                     # XNNPACK numbers its operators per delegate: prefix the delegate's index
-                    ops.append(OpTime(name=f"delegate{delegate_index}/{event.name}",
-                                      type=re.sub(r"\s*#\d+$", "", event.name), time_ms=mean,
-                                      share=0.0, device=event.delegate_backend_name or _DELEGATE))
-        notes = ["ETDump via the ExecuTorch devtools Inspector; end-to-end is the runtime's Method::execute "
-                 f"(Python wall time per run: {wall_ms:.4f} ms)",
-                 "XNNPACK-internal operators are not mapped back to source modules (that needs an ETRecord); "
-                 "unexplained = delegate-call and method overhead"]
+                    ops.append(
+                        OpTime(
+                            name=f"delegate{delegate_index}/{event.name}",
+                            type=re.sub(r"\s*#\d+$", "", event.name),
+                            time_ms=mean,
+                            share=0.0,
+                            device=event.delegate_backend_name or _DELEGATE,
+                        )
+                    )
+        notes = [
+            "ETDump via the ExecuTorch devtools Inspector; end-to-end is the runtime's Method::execute "
+            f"(Python wall time per run: {wall_ms:.4f} ms)",
+            "XNNPACK-internal operators are not mapped back to source modules (that needs an ETRecord); "
+            "unexplained = delegate-call and method overhead",
+        ]
         runner.close()
         return OpProfile.build("executorch", runs, e2e_ms or wall_ms, ops, notes=notes)

@@ -52,13 +52,17 @@ _AUTO_NAME = re.compile(r"([A-Za-z][A-Za-z0-9]*)_\d+")
 def check_precision(device: str, precision: str, capabilities: Sequence[str], device_name: str = "") -> str | None:
     """None when ``device`` can run ``precision``, else why not (and what to do)."""
     if precision not in _PRECISION:
-        return (f"precision {precision} needs a quantized model, which the OpenVINO target does not produce; "
-                "use precision = \"fp32\", \"bf16\" or \"fp16\"")
+        return (
+            f"precision {precision} needs a quantized model, which the OpenVINO target does not produce; "
+            'use precision = "fp32", "bf16" or "fp16"'
+        )
     cap = _PRECISION[precision][1]
     if cap not in capabilities:
         label = f"{device} ({device_name})" if device_name else device
-        return (f"OpenVINO {label} does not support {precision}: its OPTIMIZATION_CAPABILITIES are "
-                f"{', '.join(capabilities) or '(none)'}; use precision = \"fp32\" in the profile")
+        return (
+            f"OpenVINO {label} does not support {precision}: its OPTIMIZATION_CAPABILITIES are "
+            f'{", ".join(capabilities) or "(none)"}; use precision = "fp32" in the profile'
+        )
     return None
 
 
@@ -102,8 +106,9 @@ def _convert(graph):
         if found:
             ops = [o.strip() for o in found.group(1).split(",") if o.strip()]
             raise unsupported_op_error(graph, f"OpenVINO {ov.__version__.split('-')[0]}", ops) from err
-        raise UserError(f"OpenVINO could not convert {graph.name}: {first_line(err)}",
-                        "run with --debug for the converter's trace") from err
+        raise UserError(
+            f"OpenVINO could not convert {graph.name}: {first_line(err)}", "run with --debug for the converter's trace"
+        ) from err
 
 
 def _prepare(model, graph) -> None:
@@ -112,8 +117,11 @@ def _prepare(model, graph) -> None:
 
     model.reshape({i: ov.PartialShape(shape) for i, shape in enumerate(input_shapes(graph))})
     if len(model.inputs) != len(graph.input_names) or len(model.outputs) != len(graph.output_names):
-        raise UserError(f"OpenVINO produced {len(model.inputs)} inputs/{len(model.outputs)} outputs for a graph with "
-                        f"{len(graph.input_names)}/{len(graph.output_names)}", "report this model as a bug")
+        raise UserError(
+            f"OpenVINO produced {len(model.inputs)} inputs/{len(model.outputs)} outputs for a graph with "
+            f"{len(graph.input_names)}/{len(graph.output_names)}",
+            "report this model as a bug",
+        )
     for port, name in zip(model.inputs, graph.input_names):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, graph.output_names):
@@ -189,7 +197,9 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         return {
-            "runtime": "openvino", "version": ov.__version__, "device": self.device,
+            "runtime": "openvino",
+            "version": ov.__version__,
+            "device": self.device,
             "performance_hint": self._prop("PERFORMANCE_HINT") or self._hint,
             "inference_precision": self._prop("INFERENCE_PRECISION_HINT"),
             "inference_threads": self._prop("INFERENCE_NUM_THREADS") or self._threads or "default",
@@ -218,13 +228,21 @@ class OpenVinoTarget(Target):
         present = _device_present(core, device)
         if opts.aot_only:
             where = "present here, but" if present else f"absent here (devices: {', '.join(core.available_devices)});"
-            return (f"profile {profile.name} compiles ahead of time only: running needs the OpenVINO {device} "
-                    f"device, {where} copy the artifact to a machine with an Intel {device}")
+            return (
+                f"profile {profile.name} compiles ahead of time only: running needs the OpenVINO {device} "
+                f"device, {where} copy the artifact to a machine with an Intel {device}"
+            )
         if not present:
-            return (f"OpenVINO device {device} is not present on this machine "
-                    f"(devices: {', '.join(core.available_devices)}); run the artifact where the {device} is")
-        return check_precision(device, opts.precision, core.get_property(device, "OPTIMIZATION_CAPABILITIES"),
-                               core.get_property(device, "FULL_DEVICE_NAME"))
+            return (
+                f"OpenVINO device {device} is not present on this machine "
+                f"(devices: {', '.join(core.available_devices)}); run the artifact where the {device} is"
+            )
+        return check_precision(
+            device,
+            opts.precision,
+            core.get_property(device, "OPTIMIZATION_CAPABILITIES"),
+            core.get_property(device, "FULL_DEVICE_NAME"),
+        )
 
     def compile(self, graph, profile, out_dir: Path) -> CompileResult:
         import openvino as ov
@@ -235,8 +253,9 @@ class OpenVinoTarget(Target):
         present = _device_present(core, device)
         if present or opts.precision not in _PRECISION:
             caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES") if present else []
-            problem = check_precision(device, opts.precision, caps,
-                                      core.get_property(device, "FULL_DEVICE_NAME") if present else "")
+            problem = check_precision(
+                device, opts.precision, caps, core.get_property(device, "FULL_DEVICE_NAME") if present else ""
+            )
             if problem:
                 raise UserError(f"profile {profile.name}: {problem.split('; ')[0]}", problem.split("; ", 1)[-1])
         model = _convert(graph)
@@ -278,8 +297,10 @@ class OpenVinoTarget(Target):
             path.unlink(missing_ok=True)
             reason = first_line(err)
             cause = re.search(r"(Cannot load library[^:]*|VCL compiler loading failed[^.]*)", str(err))
-            return (f"not produced: OpenVINO's {device} compiler is not usable here "
-                    f"({cause.group(1) if cause else reason}); model.xml compiles on the device at load time")
+            return (
+                f"not produced: OpenVINO's {device} compiler is not usable here "
+                f"({cause.group(1) if cause else reason}); model.xml compiles on the device at load time"
+            )
 
     def load(self, artifact_dir: Path, manifest, profile) -> OpenVinoRunner:
         reason = self.can_run_here(profile)
@@ -310,16 +331,29 @@ class OpenVinoTarget(Target):
         for name, (node_type, exec_type, mean_after) in after.items():
             mean_before = before.get(name, (None, None, 0.0))[2]
             time_ms = max(0.0, (mean_after * (warmup + runs) - mean_before * warmup) / runs)
-            ops.append(OpTime(name=name, type=node_type, time_ms=time_ms, share=0.0,
-                              device=f"{runner.device}/{exec_type}", source=sources.get(name)))
+            ops.append(
+                OpTime(
+                    name=name,
+                    type=node_type,
+                    time_ms=time_ms,
+                    share=0.0,
+                    device=f"{runner.device}/{exec_type}",
+                    source=sources.get(name),
+                )
+            )
         precision = runner.settings().get("inference_precision")
         runner.close()
         return OpProfile.build(
-            "openvino", runs, wall_ms, ops,
-            notes=[f"OpenVINO performance counters (real time, whole microseconds) on {runner.device}, "
-                   f"inference precision {precision}; {warmup} warm-up runs excluded",
-                   "nodes fused by OpenVINO report under the surviving node; "
-                   "unexplained = infer-request and Python overhead"],
+            "openvino",
+            runs,
+            wall_ms,
+            ops,
+            notes=[
+                f"OpenVINO performance counters (real time, whole microseconds) on {runner.device}, "
+                f"inference precision {precision}; {warmup} warm-up runs excluded",
+                "nodes fused by OpenVINO report under the surviving node; "
+                "unexplained = infer-request and Python overhead",
+            ],
         )
 
 
@@ -345,7 +379,7 @@ def _runtime_sources(runner: OpenVinoRunner) -> dict[str, str]:
     for op in runner.compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         originals = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info.keys() else []
-        for original in originals:
+        for original in [op.get_friendly_name(), *originals]:  # the node's own name first
             src = sources.get(original) or sources.get(original.split("/")[0])
             if src:
                 out[op.get_friendly_name()] = src

@@ -24,6 +24,11 @@ convolutions each look one token ahead, so ``step`` emits the per-token logits o
 the parallel form). Every LIF membrane and LMU memory is carried explicitly in the state dict,
 keyed by the module's qualified name; unlike the official recurrent path, the spiking memory goes
 through the same ``bn_m``/``f_m`` in both forms, so spikes match the parallel form exactly.
+
+State-dict names follow the official ones (``patch_embed.conv_layers.0.0``, ``block.0.attn.lmu.W_h``,
+``block.0.mlp.fc1_conv``, ``head_bn``, ...) except the memory buffers: official ``lmu.{A,B,H}`` are
+our ``lmu.memory.{A,B,H}`` (the discretised Ā, B̄ and H), and the official complex ``lmu.fft_H``
+has no counterpart (it is recomputed by the ``fft`` form).
 """
 
 from __future__ import annotations
@@ -145,13 +150,16 @@ class LMUMemory(nn.Module):
         spec = torch.fft.rfft(u, n=2 * n) * torch.fft.rfft(self._kernel(n), n=2 * n)
         return torch.fft.irfft(spec, n=2 * n)[..., :n]
 
+    def step(self, u_t: Tensor, m: Tensor) -> Tensor:
+        """One recurrent step: ``u_t`` (B, 1), ``m`` (B, d) → ``Ā m + B̄ u_t`` (B, d)."""
+        return m @ self.A.t() + u_t @ self.B.t()
+
     def _recurrent(self, u: Tensor, m: Tensor | None) -> Tensor:
         if m is None:
             m = u.new_zeros(u.shape[0], self.order)
-        a_t, b_t = self.A.t(), self.B.t()
         out = []
         for t in range(u.shape[-1]):
-            m = m @ a_t + u[:, :, t] @ b_t
+            m = self.step(u[:, :, t], m)
             out.append(m)
         return torch.stack(out, dim=-1)
 
@@ -602,8 +610,7 @@ class SpikingLMUFormer(_LMUFormerBase):
         self.patch_embed = SpikingTokenizer(in_channels, dim)
         hidden = int(dim * mlp_ratio)
         self.block = nn.ModuleList(
-            Block(SpikingLMUMixer(dim, memory_size, seq_len, theta), SpikingConvFFN(dim, hidden))
-            for _ in range(depth)
+            Block(SpikingLMUMixer(dim, memory_size, seq_len, theta), SpikingConvFFN(dim, hidden)) for _ in range(depth)
         )
         self.head_bn = nn.BatchNorm1d(dim)
         self.head_lif = LIF()
@@ -646,6 +653,7 @@ register(
         description="LMUFormer (lmu_rnn_conv1d), Speech Commands V2: input (B, 128 frames, 128 mel bins)",
         published_params=1.62e6,
         params=1_621_796,
+        macs=210_894_848,
         num_classes=35,
         tags=("sequence", "audio", "recurrent"),
     )
@@ -660,6 +668,7 @@ register(
         description="Spiking LMUFormer (slmu_rnn_ms_conv1d), LIF over tokens: input (B, 128 frames, 128 mel)",
         published_params=1.69e6,
         params=1_689_894,
+        macs=223_477_760,
         num_classes=35,
         tags=("sequence", "audio", "recurrent", "spiking"),
     )
@@ -673,6 +682,7 @@ register(
         paper=PAPER,
         description="LMUFormer for sklearn digits: 8 rows as tokens × 8 pixels as channels, 10 classes",
         params=98_187,
+        macs=775_680,
         num_classes=10,
         tags=("tiny", "sequence", "recurrent"),
     )
@@ -686,6 +696,7 @@ register(
         paper=PAPER,
         description="Spiking LMUFormer for sklearn digits: 8 rows as tokens × 8 pixels, 10 classes",
         params=102_925,
+        macs=812_544,
         num_classes=10,
         tags=("tiny", "sequence", "recurrent", "spiking"),
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -148,7 +147,9 @@ class PyramidVisionTransformerV2(nn.Module):
         for i in range(stages):
             build = attn_layers[i] or softmax_attention
             first = i == 0
-            embed = OverlapPatchEmbed(in_chans if first else embed_dims[i - 1], embed_dims[i], 7 if first else 3, 4 if first else 2)
+            embed = OverlapPatchEmbed(
+                in_chans if first else embed_dims[i - 1], embed_dims[i], 7 if first else 3, 4 if first else 2
+            )
             blocks = nn.ModuleList(
                 Block(embed_dims[i], build(embed_dims[i], num_heads[i], sr_ratios[i], qkv_bias), mlp_ratios[i])
                 for _ in range(depths[i])
@@ -186,7 +187,10 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-B0 = dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1))  # noqa: E501
+B0 = dict(
+    embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+    sr_ratios=(8, 4, 2, 1),
+)  # fmt: skip
 # A 4-stage model for 32×32 digits: token maps 8×8 → 4×4 → 2×2 → 1×1.
 TINY = dict(
     img_size=32, num_classes=10, embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
@@ -213,6 +217,7 @@ register(
         published_params=3.7e6,
         published_macs=0.6e9,
         params=3_666_760,
+        macs=566_065_664,
         num_classes=1000,
         tags=("vision", "attention"),
     )
@@ -226,6 +231,7 @@ register(
         paper=PAPER,
         description="PVTv2 for sklearn digits upsampled to 32×32 (gray repeated to 3 channels), 10 classes",
         params=151_594,
+        macs=967_936,
         num_classes=10,
         tags=("tiny", "vision", "attention"),
     )

@@ -75,15 +75,18 @@ class TvmTarget(Target):
 
         t0 = time.perf_counter()
         target, mod, key = tuning.prepare(graph, profile)
-        db_dir = tuning.database_dir(profile, key)
-        database = tuning.open_database(db_dir) if tuning.has_database(db_dir) else None
+        db_path = tuning.database_path(profile, key)
+        database = tuning.load_database(db_path)
+        n_funcs = len(tuning.tunable_functions(mod))
+        applied = 0
         if database is None:
             log.warning(
-                "no TVM tuning database for %s on %s (looked in %s): compiling untuned, which runs about "
+                "no TVM tuning database for %s on %s (looked for %s): compiling untuned, which runs about "
                 "100x slower than tuned; run `edgeformer tune %s --profile %s` first",
-                graph.name, profile.name, db_dir, graph.name, profile.name)
-        tuned_funcs = _count_tuned(mod, database) if database is not None else 0
-        executable = tb.build(mod, target, database)
+                graph.name, profile.name, db_path, graph.name, profile.name)
+        else:
+            mod, applied = tuning.apply_database(mod, target, database, profile.options.threads or 1)
+        executable = tb.build(mod, target, tuned=applied > 0)
         tb.export(executable, out_dir / tb.LIBRARY, profile.options.cross_compiler)
         funcs = [gv.name_hint for gv, f in mod.functions.items() if not isinstance(f, relax.Function)]
         details = {
@@ -95,12 +98,13 @@ class TvmTarget(Target):
             "tir_functions": len(funcs),
             "params": "bound as constants inside model.so",
             "tuning": {
-                "database": str(db_dir) if database is not None else None,
+                "database": str(db_path) if database is not None else None,
                 "status": "tuned" if database is not None else "untuned",
-                "tuned_functions": tuned_funcs,
-                "records": len(database.get_all_tuning_records()) if database is not None else 0,
-                "message": (f"applied the MetaSchedule database in {db_dir}" if database is not None else
-                            f"no tuning database for this workload ({db_dir}); untuned TVM runs about 100x "
+                "tuned_functions": applied,
+                "distinct_functions": n_funcs,
+                "trials": sum(r.get("trials", 0) for r in database["records"].values()) if database else 0,
+                "message": (f"applied {applied} tuned schedules from {db_path}" if database is not None else
+                            f"no tuning database for this workload ({db_path}); untuned TVM runs about 100x "
                             f"slower: run `edgeformer tune {graph.name} --profile {profile.name}`"),
             },
             "build_time_s": round(time.perf_counter() - t0, 2),
@@ -126,19 +130,3 @@ class TvmTarget(Target):
         return profile_remote(artifact_dir, tracker, key, inputs=inputs, min_runs=min_runs,
                               min_seconds=min_seconds, warmup=warmup, threads=profile.options.threads,
                               timeout_s=kwargs.pop("timeout_s", timeout), **kwargs)
-
-
-def _count_tuned(mod, database) -> int:
-    """TIR functions of the lowered module that the database has a schedule for."""
-    import tvm
-    from tvm import tirx
-
-    n = 0
-    target = None
-    for _, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc):
-            wl = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-            if database.has_workload(wl):
-                n += 1
-    del target
-    return n

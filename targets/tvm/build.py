@@ -194,22 +194,18 @@ def lower(mod, target):
         return seq(mod)
 
 
-def build(mod, target, database=None):
-    """Lowered module (+ tuning database) → Relax executable."""
+def build(mod, target, tuned: bool = False):
+    """Lowered (and possibly tuned) module → Relax executable."""
     import tvm
     from tvm import relax
 
     def finish(m, _ctx):
         passes = []
-        if database is not None:
-            passes += [
-                relax.transform.MetaScheduleApplyDatabase(),
-                # Weight re-layouts chosen by tuning become separate functions on constants,
-                # which FoldConstant evaluates once here instead of on every inference.
-                relax.transform.SplitLayoutRewritePreproc(),
-                relax.transform.FoldConstant(),
-                relax.transform.DeadCodeElimination(),
-            ]
+        if tuned:
+            # Weight re-layouts chosen by tuning become separate functions on constants, which
+            # FoldConstant evaluates once here instead of on every inference.
+            passes += [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+                       relax.transform.DeadCodeElimination()]
         # The CPU backend's lowering and finalization (tvm.relax.backend.cpu_generic.pipeline).
         passes += [relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
                    relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(),
@@ -221,9 +217,6 @@ def build(mod, target, database=None):
 
     pipeline = tvm.transform.module_pass(finish, opt_level=0, name="edgeformer_tvm_finish")
     with target, tvm.transform.PassContext(opt_level=3):
-        if database is not None:
-            with database:
-                return relax.build(mod, target=target, relax_pipeline=pipeline)
         return relax.build(mod, target=target, relax_pipeline=pipeline)
 
 

@@ -17,10 +17,10 @@ import io
 from collections import Counter
 
 import torch
+from edgeformer.passes import PassManager, PassRecord
 from torch import nn
 
 from edgeformer.ir import Graph, export, op_name
-from edgeformer.passes import PassManager, PassRecord
 
 ATOL = 1e-5  # the exact-pass tolerance of DESIGN.md, fp32, absolute
 
@@ -86,8 +86,9 @@ def run_pass(graph: Graph, name: str, **options) -> tuple[Graph, PassRecord]:
     return new, records[0]
 
 
-def assert_fires(graph: Graph, name: str, delta: dict[str, int], *, matched: int | None = None,
-                 atol: float = ATOL, **options) -> tuple[Graph, PassRecord]:
+def assert_fires(
+    graph: Graph, name: str, delta: dict[str, int], *, matched: int | None = None, atol: float = ATOL, **options
+) -> tuple[Graph, PassRecord]:
     """The pass changes the graph by exactly ``delta`` op counts and keeps outputs within ``atol``."""
     before = op_counts(graph)
     new, rec = run_pass(graph, name, **options)

@@ -81,4 +81,3 @@ def test_does_not_fire_when_mean_reduces_the_channel_axis():
     g2 = tiny_graph(NormThen(nn.LayerNorm(8), nn.Linear(8, 3), pool_dims=-1), (1, 5, 8, 8))
     for graph in (g, g2):
         assert_not_fires(graph, "fold_norm_affine", "channel axis")
-

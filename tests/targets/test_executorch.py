@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from edgeformer.targets import base, get_target
 from torch import nn
 
 from edgeformer import ir
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
-from edgeformer.targets import base, get_target
 
 
 class Tiny(nn.Module):
@@ -168,8 +168,10 @@ def test_missing_sdk_gives_the_install_command(monkeypatch):
 
 
 def test_importing_the_target_does_not_import_executorch():
-    code = ("import sys, edgeformer.targets.executorch as m; m.ExecuTorchTarget().is_available(); "
-            "print('executorch' in sys.modules)")
+    code = (
+        "import sys, edgeformer.targets.executorch as m; m.ExecuTorchTarget().is_available(); "
+        "print('executorch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -190,3 +192,14 @@ def test_zoo_tiny_models_match_pytorch(name, tmp_path):
     got = get_target("executorch").load(tmp_path, None, profile).run([t.numpy() for t in inputs])
     for a, b in zip(got, _reference(graph)):
         assert np.abs(a - b).max() <= 1e-4, f"{name}: max abs error {np.abs(a - b).max():.3g}"
+
+
+def test_compile_through_the_compiler_records_placement_and_passes_numerics(tmp_path, monkeypatch):
+    from edgeformer.compiler import compile as compile_model
+
+    monkeypatch.setenv("EDGEFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    report = compile_model(Tiny(), "host-executorch", tmp_path / "art", input_shapes=[(1, 3, 16, 16)])
+    m = report.manifest
+    assert m.target == "executorch" and m.numerics.status == "passed"
+    assert [f.path for f in m.files] == ["model.pte"]
+    assert m.target_details["delegated_ops"] > 0 and m.target_details["fallback_op_types"]["aten.cumsum"] == 1

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from edgeformer.targets import base, get_target
+from edgeformer.targets.openvino import check_precision
 from torch import nn
 
 from edgeformer import ir
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
-from edgeformer.targets import base, get_target
-from edgeformer.targets.openvino import check_precision
 
 
 class Tiny(nn.Module):
@@ -228,8 +228,10 @@ def test_missing_sdk_fails_compile_with_exit_code_2_and_writes_nothing(monkeypat
 
 
 def test_importing_the_target_does_not_import_openvino():
-    code = ("import sys, edgeformer.targets.openvino as m; m.OpenVinoTarget().is_available(); "
-            "print('openvino' in sys.modules)")
+    code = (
+        "import sys, edgeformer.targets.openvino as m; m.OpenVinoTarget().is_available(); "
+        "print('openvino' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -250,3 +252,16 @@ def test_zoo_tiny_models_match_pytorch(name, tmp_path):
     ref = [t.numpy() for t in ir.run(graph, inputs)]
     for a, b in zip(got, ref):
         assert np.abs(a - b).max() <= 1e-4, f"{name}: max abs error {np.abs(a - b).max():.3g}"
+
+
+def test_compile_through_the_compiler_checks_numerics_and_hashes_files(tmp_path, monkeypatch):
+    from edgeformer.compiler import compile as compile_model
+
+    monkeypatch.setenv("EDGEFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    report = compile_model(Tiny(), "host-openvino", tmp_path / "art", input_shapes=[(1, 3, 16, 16)])
+    m = report.manifest
+    assert m.target == "openvino" and m.numerics.status == "passed"
+    assert m.numerics.max_abs_error <= 1e-4
+    assert [f.path for f in m.files] == ["model.bin", "model.xml"]
+    assert m.target_details["inference_precision"] == "f32"
+    assert m.runtime_versions["openvino"]

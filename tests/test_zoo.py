@@ -1,0 +1,60 @@
+"""The zoo as a whole: every entry is listed with its figures; every family compiles on host-ort."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeformer.cli import main
+from edgeformer.compiler import compile
+from edgeformer.models import build_model, get_spec, list_models
+
+TINY = sorted(s.name for s in list_models() if "tiny" in s.tags)
+FAMILIES = {"efficientformer", "efficientformer_v2", "poolformer", "lmuformer", "pvt_v2", "ecoformer"}
+
+
+def test_every_family_has_a_tiny_configuration():
+    families = {get_spec(n).family for n in TINY}
+    assert FAMILIES <= families | {f for f in families}, families
+    for fam in FAMILIES:
+        assert any(get_spec(n).family.startswith(fam) or fam in get_spec(n).family for n in TINY), fam
+
+
+def test_every_model_is_listed_with_params_macs_shape_and_paper(capsys):
+    assert main(["models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert set(listed) == {s.name for s in list_models()}
+    for name, m in listed.items():
+        assert m["params"] and m["params"] > 0, name
+        assert m["macs"] and m["macs"] > 0, name
+        assert m["input_shapes"] and all(d > 0 for s in m["input_shapes"] for d in s), name
+        assert "arXiv" in m["paper"], name
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_model_compiles_on_host_ort_within_fp32_tolerance(name, tmp_path):
+    report = compile(name, "host-ort", tmp_path / name)
+    n = report.manifest.numerics
+    assert n.status == "passed" and n.max_abs_error <= 1e-4 and not n.has_nan, (name, n)
+
+
+def test_weights_flag_applies_a_checkpoint(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    trained = build_model("poolformer_tiny")
+    ckpt = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, ckpt)
+    assert main(["compile", "poolformer_tiny", "--weights", str(ckpt), "-o", str(tmp_path / "a"), "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)["manifest"]
+    assert manifest["model"]["weights"]["path"] == str(ckpt) and len(manifest["model"]["weights"]["sha256"]) == 64
+    assert main(["compile", "poolformer_tiny", "-o", str(tmp_path / "b"), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)["manifest"]
+    assert manifest["ir_hash"] != plain["ir_hash"]  # the weights changed the program
+    x = get_spec("poolformer_tiny").example_inputs()
+    from edgeformer.runtime import load_artifact
+
+    out = load_artifact(tmp_path / "a").runner().run([t.numpy() for t in x])[0]
+    torch.testing.assert_close(torch.from_numpy(out), trained.eval()(*x), atol=1e-4, rtol=0)
