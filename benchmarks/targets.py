@@ -83,6 +83,8 @@ def _tvm_skip_reason(model: str) -> str | None:
     from edgeformer.targets.tvm import tuning
 
     profile = load_profile("host-tvm")
+    if not tuning.profile_dir(profile).is_dir():
+        return f"no tuned database for host-tvm in {tuning.profile_dir(profile)} (run `edgeformer tune {model}`)"
     _, _, key = tuning.prepare(load_model(model).graph, profile)
     if not tuning.has_database(tuning.database_dir(profile, key)):
         return f"no tuned database for {model} (run `edgeformer tune {model} --profile host-tvm`)"

@@ -88,9 +88,10 @@ TARGET_PIPELINES: dict[str, str] = {
 }
 
 
-# Per-target pass options, chosen by measurement (benchmarks/passes.py, figures in the pass
-# docstrings).  fold_pool_mixer's dw_conv form stays off everywhere: it measured slower or equal on
-# ONNX Runtime and OpenVINO (more ops than the pool it replaces).
+# Per-target pass options, chosen by measurement (benchmarks/passes.py; figures in the pass
+# docstrings): ORT runs GroupNorm(1, C) fastest as a reshaped InstanceNormalization, OpenVINO as one
+# LayerNorm (MVN).  fold_pool_mixer's dw_conv form stays off everywhere: it measured slower or
+# equal on both runtimes (more ops than the pool it replaces).
 TARGET_OPTIONS: dict[str, dict[str, dict]] = {
     "onnxruntime": {"lower_group_norm": {"form": "instance_norm"}},
     "openvino": {"lower_group_norm": {"form": "layer_norm"}},

@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from edgeformer.ir import op_name
+
 from ._affine import channel_axis, fold_into_producer, per_channel
 from ._graph import Editor, is_op, shape
 from .base import Pass, PassResult
@@ -62,7 +64,7 @@ class FoldLayerScale(Pass):
             axis = channel_axis(x)
             if axis is None:
                 hint = "; run fold_batchnorm first" if is_op(x, "aten.batch_norm") else ""
-                ed.reject(mul, f"scales {x.name} ({x.target}), not a conv/linear output{hint}")
+                ed.reject(mul, f"scales {x.name} ({op_name(x.target)}), not a conv/linear output{hint}")
                 continue
             if len(x.users) != 1:
                 ed.reject(mul, f"{x.name} output has a second user")

@@ -21,7 +21,9 @@ Without a following per-channel multiply, one is inserted for γ (β still goes)
 With ``dw_conv=True`` (off by default; ARCHITECTURES.md EfficientFormer pitfall 6) ``c ⊙ (pool(y) − y)``
 becomes ``R ⊙ dwconv(y, c·ones(k×k)) − c ⊙ y`` with ``R`` the constant reciprocal window-count
 map (1/4 at corners, 1/6 on edges, 1/9 inside for 3×3): exact, but more ops than the pool.
-benchmarks/passes.py measures it per runtime; the pipelines enable it only where it was faster.
+Measured (benchmarks/passes.py, 224², 2 threads, vs the default pipeline): PoolFormer-S12 1.0%
+slower on ONNX Runtime and 0.2% slower on OpenVINO, EfficientFormer-L1 within noise on both, so
+no target pipeline turns it on.
 
 Must not fire when: the pool counts padding (count_include_pad=True with padding), has a
 divisor_override or a stride other than 1; the subtraction is not ``pool(y) − y``; the norm

@@ -10,9 +10,9 @@ After, ``form="layer_norm"`` (the default; OpenVINO: one MVN)::
 
 or ``form="instance_norm"`` (ONNX Runtime)::
 
-    reshape       = aten.reshape(add, [1, 1, -1])
+    reshape       = aten.reshape(add, [-1, 1, 200704])
     instance_norm = aten.instance_norm(reshape, None, None, None, None, True, 0.1, 1e-05, False)
-    reshape_1     = aten.reshape(instance_norm, [1, 64, 56, 56])
+    reshape_1     = aten.reshape(instance_norm, [-1, 64, 56, 56])
 
 Algebra: with one group, GroupNorm's statistics are the mean and variance over (C, H, W) per
 sample: LayerNorm's over ``normalized_shape = (C, H, W)``, and InstanceNorm's over a (N, 1, C·H·W)
@@ -24,16 +24,18 @@ Broadcast/Gather for the missing γ.  Folding γ and β away pays only once the 
 Measured per op (64×56×56, 2 threads; benchmarks/passes.py for whole models): ORT 0.122 ms as
 GroupNorm, 0.116 ms as LayerNormalization (one single-threaded row), 0.077 ms as InstanceNorm;
 OpenVINO 0.222 / 0.209 (LayerNorm, best) / 0.253 ms.  Targets pick the form in TARGET_OPTIONS.
+PoolFormer-S12 without this pass (leave-one-out): 2.9% slower on ORT, 15.1% on OpenVINO.
 
 Must not fire when: the GroupNorm has more than one group (statistics per group, not per
-sample); it still has γ or β (LayerNorm's affine would need them expanded to (C, H, W)); the input
-shape is not static.
+sample); it still has γ or β (LayerNorm's affine would need them expanded to (C, H, W)); the
+(C, H, W) shape is not static (a dynamic batch is fine).
 
 Options: ``form`` (str, "layer_norm" or "instance_norm", default "layer_norm").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,21 +70,21 @@ class LowerGroupNorm(Pass):
                 ed.reject(gn, "it still has an affine (γ/β not folded by fold_pool_mixer/fold_norm_affine)")
                 continue
             dims = shape(gn)
-            if dims is None or any(d < 0 for d in dims):
-                ed.reject(gn, "the input shape is not static")
+            if dims is None or any(d < 0 for d in dims[1:]):
+                ed.reject(gn, "the (C, H, W) shape is not static")
                 continue
             x, eps = arg(gn, "input"), arg(gn, "eps")
             if self.options.form == "layer_norm":
                 out = ed.call(aten.layer_norm.default, (x, list(dims[1:]), None, None, eps), before=gn, like=gn)
             else:
-                flat = ed.call(aten.reshape.default, (x, [dims[0], 1, -1]), before=gn, like=gn)
+                flat = ed.call(aten.reshape.default, (x, [-1, 1, math.prod(dims[1:])]), before=gn, like=gn)
                 norm = ed.call(
                     aten.instance_norm.default,
                     (flat, None, None, None, None, True, 0.1, eps, False),
                     before=gn,
                     like=gn,
                 )
-                out = ed.call(aten.reshape.default, (norm, list(dims)), before=gn, like=gn)
+                out = ed.call(aten.reshape.default, (norm, [-1, *dims[1:]]), before=gn, like=gn)
             ed.replace(gn, out)
             ed.match(gn, note=self.options.form)
         return self.result(graph, ed)

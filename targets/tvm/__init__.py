@@ -77,7 +77,7 @@ class TvmTarget(Target):
         target, mod, key = tuning.prepare(graph, profile)
         db_path = tuning.database_path(profile, key)
         database = tuning.load_database(db_path)
-        n_funcs = len(tuning.tunable_functions(mod))
+        n_funcs = sum(len(names) for names, _ in tuning.tunable_functions(mod).values())
         applied = 0
         if database is None:
             log.warning(

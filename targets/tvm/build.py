@@ -224,7 +224,7 @@ def export(executable, path: Path, cross_compiler: str = "") -> None:
     """``export_library``, linking with the profile's cross compiler when it has one."""
     kwargs = {}
     if cross_compiler:
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         if shutil.which(cross_compiler) is None:
             raise UserError(

@@ -1,0 +1,183 @@
+"""TVM target: compile + numerics, tuning database, cross-compilation, per-op profile, errors.
+
+Every test needs apache-tvm; CI always has it, so a missing install fails here (no skips).
+The model is tiny and tuning uses a handful of trials: the real tuning is the benchmark's job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeformer import ir
+from edgeformer.device_profiles import load_profile, parse_profile
+from edgeformer.errors import UnsupportedOpError, UserError
+from edgeformer.targets import get_target
+from edgeformer.targets.tvm import build as tb
+from edgeformer.targets.tvm import tuning
+
+EM_AARCH64 = 183
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.head(self.norm(x.mean((2, 3))))
+
+
+class Odd(nn.Module):
+    def forward(self, x):
+        return torch.special.erfcx(x) * 2
+
+
+class WithOdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 4), Odd())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def _graph(model=None, shape=(1, 3, 8, 8), name="small"):
+    torch.manual_seed(0)
+    model = (model or Small()).eval()
+    if hasattr(model, "bn"):  # non-trivial running stats, so the folded constants matter
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    return ir.export(model, (torch.randn(*shape),), name=name)
+
+
+def _host(threads: int = 1):
+    return parse_profile({"name": "test-host-tvm", "target": "tvm",
+                          "options": {"threads": threads, "tvm_target": {"kind": "llvm", "mcpu": "native"}}},
+                         "test profile")
+
+
+def _compile(graph, profile, out_dir):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return get_target("tvm").compile(graph, profile, out_dir)
+
+
+def _run(out_dir, profile, inputs):
+    runner = get_target("tvm").load(out_dir, None, profile)
+    try:
+        return runner.run(inputs)
+    finally:
+        runner.close()
+
+
+def test_tvm_is_installed_and_import_stays_lazy():
+    assert get_target("tvm").is_available() is None
+    code = "import sys, edgeformer.targets.tvm; sys.exit(1 if 'tvm' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_missing_tvm_names_the_extra(monkeypatch):
+    import edgeformer.targets.base as base
+
+    monkeypatch.setattr(base, "dist_version", lambda dist: None if dist == "apache-tvm" else "1.0")
+    reason = get_target("tvm").is_available()
+    assert "apache-tvm not installed" in reason and "edgeformer[tvm]" in reason
+
+
+def test_compile_matches_pytorch_within_1e4_and_says_untuned(tmp_path, caplog):
+    graph, prof = _graph(), _host()
+    with caplog.at_level(logging.WARNING, logger="edgeformer.targets.tvm"):
+        result = _compile(graph, prof, tmp_path / "a")
+    assert result.files == ["model.so"]
+    assert result.details["tuning"]["status"] == "untuned"
+    assert "edgeformer tune" in result.details["tuning"]["message"]
+    assert any("no TVM tuning database" in r.message for r in caplog.records)
+    ref = ir.run(graph, graph.example_inputs)[0].numpy()
+    out = _run(tmp_path / "a", prof, [graph.example_inputs[0].numpy()])[0]
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() < 1e-4
+
+
+def test_compile_is_deterministic(tmp_path):
+    graph, prof = _graph(), _host()
+    _compile(graph, prof, tmp_path / "a")
+    _compile(graph, prof, tmp_path / "b")
+    assert (tmp_path / "a/model.so").read_bytes() == (tmp_path / "b/model.so").read_bytes()
+
+
+def test_tune_writes_database_that_compile_applies(tmp_path):
+    graph, prof = _graph(), _host()
+    before = get_target("tvm").cache_options(prof)["tuning_database"]
+    result = tuning.tune(graph, prof, trials=6)
+    db_path = tuning.database_path(prof, result.workload)
+    assert result.database == str(db_path) and db_path.is_file()
+    assert str(tuning.tune_root()).startswith(str(tmp_path.parent)) or "cache" in str(db_path)
+    data = json.loads(db_path.read_text())
+    assert data["format"] == tuning.DB_FORMAT and data["history"][-1]["trials"] == 6
+    assert result.trials == 6 and result.tasks >= 3
+    # Compile finds the database, applies what it has, and still matches PyTorch.
+    compiled = _compile(graph, prof, tmp_path / "tuned")
+    tuning_info = compiled.details["tuning"]
+    assert tuning_info["status"] == "tuned" and tuning_info["database"] == str(db_path)
+    assert tuning_info["tuned_functions"] == sum(len(r["functions"]) for r in data["records"].values())
+    ref = ir.run(graph, graph.example_inputs)[0].numpy()
+    out = _run(tmp_path / "tuned", prof, [graph.example_inputs[0].numpy()])[0]
+    assert np.abs(out - ref).max() < 1e-4
+    # The compile cache key moves with the database, so a pre-tuning artifact is not reused.
+    assert get_target("tvm").cache_options(prof)["tuning_database"] not in (None, before)
+    # A second run continues from the database.
+    again = tuning.tune(graph, prof, trials=2)
+    assert again.continued and len(again.runs) == 2
+
+
+def test_tune_refuses_a_cross_profile():
+    with pytest.raises(UserError, match="only tunes for this CPU"):
+        tuning.tune(_graph(), load_profile("rpi4-tvm"), trials=1)
+
+
+def test_cross_compiled_library_is_an_aarch64_elf(tmp_path):
+    prof = load_profile("rpi4-tvm")
+    result = _compile(_graph(), prof, tmp_path / "rpi")
+    assert tb.elf_machine(tmp_path / "rpi/model.so") == EM_AARCH64
+    assert result.details["arch"] == "aarch64" and result.details["cross_compiler"] == "aarch64-linux-gnu-gcc"
+    assert "--remote" in get_target("tvm").can_run_here(prof)
+
+
+def test_per_op_profile_has_ops_shares_and_remainder(tmp_path):
+    graph, prof = _graph(), _host()
+    _compile(graph, prof, tmp_path / "a")
+    p = get_target("tvm").profile_ops(tmp_path / "a", None, prof, [graph.example_inputs[0].numpy()], 3)
+    assert p.runtime == "tvm" and p.runs == 3 and p.end_to_end_ms > 0
+    kernels = [o for o in p.ops if not o.name.startswith("vm.builtin.")]
+    assert kernels and any("conv2d" in o.type for o in kernels)
+    assert all(0 <= o.share for o in p.ops) and p.ops == sorted(p.ops, key=lambda o: (-o.time_ms, o.name))
+    assert p.explained_ms == pytest.approx(sum(o.time_ms for o in p.ops))
+    assert p.unexplained_ms == pytest.approx(p.end_to_end_ms - p.explained_ms)
+    assert p.by_type and p.notes
+
+
+def test_unsupported_op_names_the_op_and_its_module(tmp_path):
+    graph = _graph(WithOdd(), shape=(2, 4), name="odd")
+    with pytest.raises(UnsupportedOpError, match=r"special_erfcx.*block\.1") as err:
+        _compile(graph, _host(), tmp_path / "x")
+    assert err.value.exit_code == 2
+
+
+def test_op_type_names_fused_kernels():
+    from edgeformer.targets.tvm.runner import op_type
+
+    assert op_type("fused_conv2d3_add2_relu1") == "conv2d+add+relu"
+    assert op_type("fused_avg_pool2d1_subtract5") == "avg_pool2d+subtract"
+    assert op_type("layer_norm") == "layer_norm"
+    assert op_type("vm.builtin.alloc_storage") == "vm.builtin.alloc_storage"

@@ -1,0 +1,157 @@
+"""Remote profiling through a REAL TVM RPC tracker and two servers started here on 127.0.0.1.
+
+The tracker and the two "devices" are subprocesses on free ports, stopped (with their forked
+session workers) when the module's tests are done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeformer import rpc
+from edgeformer.errors import UserError
+from edgeformer.targets.tvm import profile_remote
+
+KEY = "edge-test"
+STATS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "std_ms", "samples_ms")
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    procs = []
+    try:
+        tracker = rpc.start_tracker()
+        procs.append(tracker)
+        procs += [rpc.start_server(tracker.address, KEY, threads=1) for _ in range(2)]
+        rpc.wait_for_devices(tracker.address, KEY, 2)
+        yield tracker, procs[1:]
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    assert not any(p.alive() for p in procs)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A compiled host artifact (through edgeformer.compile, so it has a manifest)."""
+    from edgeformer.compiler import compile
+    from edgeformer.device_profiles import parse_profile
+
+    root = tmp_path_factory.mktemp("tvm-rpc")
+    prof = parse_profile({"name": "rpc-host-tvm", "target": "tvm",
+                          "options": {"threads": 1, "tvm_target": {"kind": "llvm", "mcpu": "native"}}}, "test")
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEFORMER_CACHE_DIR", str(root / "cache"))
+        report = compile(Small(), prof, root / "art", input_shapes=[(1, 3, 8, 8)], use_cache=False)
+    return report.path
+
+
+def _inputs():
+    return [np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")]
+
+
+def test_servers_bind_to_localhost_and_register(cluster):
+    tracker, servers = cluster
+    assert tracker.host == "127.0.0.1" and all(s.host == "127.0.0.1" for s in servers)
+    total, _ = rpc.device_counts(rpc.tracker_summary(tracker.address), KEY)
+    assert total == 2
+
+
+def test_remote_profile_reports_the_standard_statistics(cluster, artifact):
+    tracker, servers = cluster
+    res = profile_remote(artifact, tracker.address, KEY, inputs=_inputs(), min_runs=5, min_seconds=0.05, threads=1)
+    warm = res["phases"].warm.to_dict()
+    assert all(k in warm for k in STATS) and warm["runs"] >= 5 and len(warm["samples_ms"]) == warm["runs"]
+    assert warm["min_ms"] <= warm["median_ms"] <= warm["p90_ms"] <= warm["p99_ms"]
+    assert "time_evaluator" in warm["statistic"] and "number=1" in warm["statistic"]
+    assert res["phases"].load_ms > 0 and res["phases"].first_inference_ms > 0
+    assert res["remote"]["server"] in {s.address for s in servers}
+    assert res["remote"]["output_shapes"] == [[1, 4]]
+
+
+def test_two_profiles_at_once_are_served_by_the_two_devices(cluster, artifact):
+    tracker, servers = cluster
+    rpc.wait_for_devices(tracker.address, KEY, 2)  # a device re-registers after each session
+    results, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def run(i):
+        try:
+            barrier.wait()
+            results[i] = profile_remote(artifact, tracker.address, KEY, inputs=_inputs(), min_runs=20,
+                                        min_seconds=0.3, threads=1)
+        except Exception as err:  # noqa: BLE001 - surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert {r["remote"]["server"] for r in results.values()} == {s.address for s in servers}
+    for r in results.values():
+        assert r["phases"].warm.runs >= 20 and r["phases"].warm.median_ms > 0
+
+
+def test_profile_artifact_remote_writes_a_remote_report(cluster, artifact, tmp_path):
+    from edgeformer.profiling import profile_artifact
+
+    tracker, _ = cluster
+    report = profile_artifact(artifact, min_runs=5, min_seconds=0.05, remote=tracker.address, key=KEY,
+                              output=tmp_path / "profile.json")
+    assert report.kind == "remote" and report.remote["key"] == KEY
+    assert all(k in report.latency for k in STATS)
+    assert (tmp_path / "profile.json").is_file()
+
+
+def test_unknown_key_is_a_user_error(cluster, artifact):
+    tracker, _ = cluster
+    with pytest.raises(UserError, match="no device registered under key 'nope'.*edge-test"):
+        profile_remote(artifact, tracker.address, "nope", inputs=_inputs())
+
+
+def test_unreachable_tracker_is_a_one_line_user_error(artifact):
+    port = rpc.free_port()  # nothing listens there
+    with pytest.raises(UserError) as err:
+        profile_remote(artifact, f"127.0.0.1:{port}", KEY, inputs=_inputs())
+    msg = str(err.value)
+    assert f"127.0.0.1:{port}" in msg and "\n" not in msg and "rpc_tracker" in msg
+    assert err.value.exit_code == 2
+
+
+def test_bad_tracker_address_is_a_user_error(artifact):
+    with pytest.raises(UserError, match="HOST:PORT"):
+        profile_remote(artifact, "localhost", KEY, inputs=_inputs())
+
+
+def test_stopped_processes_release_their_ports():
+    tracker = rpc.start_tracker()
+    server = rpc.start_server(tracker.address, "gone")
+    pids = [tracker.proc.pid, server.proc.pid]
+    server.stop()
+    tracker.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    with socket.socket() as s:  # the tracker's port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", tracker.port))
