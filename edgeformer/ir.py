@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from torch import nn
 from torch.export import ExportedProgram
 
 from edgeformer.errors import UserError
+from edgeformer.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +142,9 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: folder {parent} does not exist", "create it or choose another -o")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        atomic_write_bytes(path, data)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror}", "choose a writable output path") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

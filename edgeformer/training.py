@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeformer.errors import UnknownNameError, UserError
+from edgeformer.fsutil import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -191,29 +192,15 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"output path {out} is a directory", "give a file name such as model.safetensors")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write ``model.state_dict()`` as safetensors, atomically, plus ``<path>.json`` if metadata."""
     from safetensors.torch import save
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(path, save(tensors))
+    atomic_write_bytes(path, save(tensors))
     if metadata is not None:
-        _atomic_write(sidecar_path(path), (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(sidecar_path(path), metadata)
     return path
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeformer.fsutil import atomic_write_json
 from edgeformer.manifest import validate
 
 SCHEMA_VERSION = 1
@@ -39,16 +37,5 @@ class ProfileReport:
     def write(self, path: str | Path) -> Path:
         data = self.to_dict()
         validate(data, "profile")
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = atomic_write_json(Path(path), data)
         return path
