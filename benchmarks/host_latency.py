@@ -34,13 +34,13 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
     import torch
-    from edgeformer.targets.onnxruntime import export_onnx
 
     from edgeformer.compiler import compile
     from edgeformer.device_profiles import load_profile
     from edgeformer.profiling import machine_info
     from edgeformer.runtime import load_artifact
     from edgeformer.sources import load_model
+    from edgeformer.targets.onnxruntime import export_onnx
 
     torch.set_num_threads(args.threads)
     src = load_model(args.model)

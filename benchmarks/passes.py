@@ -121,6 +121,7 @@ def variants(graph, after, target, pipeline, records, ablation: bool = True) -> 
 def ort_candidates(graphs, threads, tmp: Path):
     import onnx
     import onnxruntime as ort
+
     from edgeformer.targets.onnxruntime import export_onnx
 
     runs, counts = {}, {}
@@ -169,10 +170,10 @@ def openvino_candidates(graphs, threads):
 
 def bench_model(name, runtimes, args) -> dict:
     import torch
-    from edgeformer.passes import PassManager, default_options, default_pipeline
 
     from edgeformer.ir import export
     from edgeformer.models import build_model, get_spec
+    from edgeformer.passes import PassManager, default_options, default_pipeline
 
     torch.set_num_threads(args.threads)
     graph = export(randomize(build_model(name)), get_spec(name).example_inputs(), name=name)

@@ -67,10 +67,9 @@ def _dir_bytes(paths) -> int:
 
 def _tvm_skip_reason(model: str) -> str | None:
     """None when TVM should be benchmarked: available, a host-tvm profile, a tuned database."""
-    from edgeformer.targets import get_target
-
     from edgeformer.device_profiles import load_profile, profile_names
     from edgeformer.sources import load_model
+    from edgeformer.targets import get_target
 
     if "host-tvm" not in profile_names():
         return "no host-tvm profile"
@@ -93,6 +92,7 @@ def _tvm_skip_reason(model: str) -> str | None:
 
 def _plain_ort(graph, tmp: Path):
     import onnxruntime as ort
+
     from edgeformer.targets.onnxruntime import export_onnx
 
     t0 = time.perf_counter()

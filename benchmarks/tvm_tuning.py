@@ -63,8 +63,11 @@ def main(argv=None) -> int:
         tr = tuning.tune_model(args.model, prof, trials=args.trials)
         tune_s = time.perf_counter() - t0
         result["tune_run"] = tr.to_dict()
-        print(f"tuned {tr.tasks} tasks with {tr.trials} trials in {tr.tuning_time_s:.0f} s "
-              f"(estimated {tr.untuned_estimated_ms:.1f} ms untuned -> {tr.estimated_ms:.1f} ms)", flush=True)
+        print(
+            f"tuned {tr.tasks} tasks with {tr.trials} trials in {tr.tuning_time_s:.0f} s "
+            f"(estimated {tr.untuned_estimated_ms:.1f} ms untuned -> {tr.estimated_ms:.1f} ms)",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory(prefix="edgeformer-bench-tvm-") as tmp:
         t0 = time.perf_counter()
@@ -73,15 +76,20 @@ def main(argv=None) -> int:
         details = report.manifest.target_details
         db = tuning.load_database(Path(details["tuning"]["database"])) if details["tuning"]["database"] else None
         history = (db or {}).get("history", [])
-        result.update({
-            "compile_s": round(compile_s, 1),
-            "numerics": {"max_abs_error": report.manifest.numerics.max_abs_error,
-                         "cosine": report.manifest.numerics.cosine, "status": report.manifest.numerics.status},
-            "tuning": details["tuning"],
-            "trials_total": sum(h["trials"] for h in history),
-            "tuning_time_total_s": round(sum(h["tuning_time_s"] for h in history), 1),
-            "tuning_history": history,
-        })
+        result.update(
+            {
+                "compile_s": round(compile_s, 1),
+                "numerics": {
+                    "max_abs_error": report.manifest.numerics.max_abs_error,
+                    "cosine": report.manifest.numerics.cosine,
+                    "status": report.manifest.numerics.status,
+                },
+                "tuning": details["tuning"],
+                "trials_total": sum(h["trials"] for h in history),
+                "tuning_time_total_s": round(sum(h["tuning_time_s"] for h in history), 1),
+                "tuning_history": history,
+            }
+        )
         target = get_target("tvm")
         runner = target.load(report.path, report.manifest, prof)
 
@@ -96,12 +104,21 @@ def main(argv=None) -> int:
         session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         feed = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
 
-        samples = alternate({"tvm_tuned": lambda: runner.run(inputs), "ort_plain": lambda: session.run(None, feed)},
-                            rounds=args.rounds, per_round=args.per_round)
+        samples = alternate(
+            {"tvm_tuned": lambda: runner.run(inputs), "ort_plain": lambda: session.run(None, feed)},
+            rounds=args.rounds,
+            per_round=args.per_round,
+        )
         stats = summarize(samples)
         ratio = stats["tvm_tuned"]["median_ms"] / stats["ort_plain"]["median_ms"]
-        result.update({"latency": stats, "ratio_tvm_over_ort": round(ratio, 3), "goal_met": ratio <= GOAL,
-                       "tune_wall_s_this_run": round(tune_s, 1)})
+        result.update(
+            {
+                "latency": stats,
+                "ratio_tvm_over_ort": round(ratio, 3),
+                "goal_met": ratio <= GOAL,
+                "tune_wall_s_this_run": round(tune_s, 1),
+            }
+        )
         if args.ops:
             op_profile = runner.profile_ops(inputs, 5)
             result["ops_top"] = [
@@ -113,11 +130,15 @@ def main(argv=None) -> int:
 
     path = write_result("tvm_tuning", result)
     t, o = stats["tvm_tuned"], stats["ort_plain"]
-    print(f"{args.model}, {threads} threads: tuned TVM median {t['median_ms']:.2f} ms (p90 {t['p90_ms']:.2f}), "
-          f"ORT median {o['median_ms']:.2f} ms (p90 {o['p90_ms']:.2f})")
-    print(f"ratio TVM/ORT = {ratio:.2f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}); "
-          f"{result['trials_total']} trials, {result['tuning_time_total_s']:.0f} s of tuning in all; "
-          f"{details['tuning']['tuned_functions']}/{details['tuning']['distinct_functions']} functions tuned")
+    print(
+        f"{args.model}, {threads} threads: tuned TVM median {t['median_ms']:.2f} ms (p90 {t['p90_ms']:.2f}), "
+        f"ORT median {o['median_ms']:.2f} ms (p90 {o['p90_ms']:.2f})"
+    )
+    print(
+        f"ratio TVM/ORT = {ratio:.2f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}); "
+        f"{result['trials_total']} trials, {result['tuning_time_total_s']:.0f} s of tuning in all; "
+        f"{details['tuning']['tuned_functions']}/{details['tuning']['tunable_functions']} functions tuned"
+    )
     print(f"wrote {path}")
     return 0
 

@@ -40,25 +40,38 @@ def main(argv=None) -> int:
         wanted = set(args.models.split(","))
         specs = [s for s in specs if s.name in wanted]
     rows = []
-    print(f"{'model':<26}{'params':>12}{'published':>11}{'Δ%':>7}{'MACs G':>9}{'published':>10}{'Δ%':>7}"
-          f"{'export s':>10}{'compile s':>10}{'max|err|':>10}{'cosine':>11}")
+    print(
+        f"{'model':<26}{'params':>12}{'published':>11}{'Δ%':>7}{'MACs G':>9}{'published':>10}{'Δ%':>7}"
+        f"{'export s':>10}{'compile s':>10}{'max|err|':>10}{'cosine':>11}"
+    )
     for spec in specs:
         t0 = time.perf_counter()
         src = load_model(spec.name)
         export_s = time.perf_counter() - t0
         params = sum(p.numel() for p in src.module.parameters())
         macs = src.graph.summary().total_macs
-        row = {"model": spec.name, "params": params, "published_params": spec.published_params, "macs": macs,
-               "published_macs": spec.published_macs, "export_s": export_s, "registry_params": spec.params,
-               "registry_macs": spec.macs}
+        row = {
+            "model": spec.name,
+            "params": params,
+            "published_params": spec.published_params,
+            "macs": macs,
+            "published_macs": spec.published_macs,
+            "export_s": export_s,
+            "registry_params": spec.params,
+            "registry_macs": spec.macs,
+        }
         if not args.skip_compile:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 try:
                     report = compile(spec.name, "host-ort", Path(tmp) / "a", use_cache=False)
                     n = report.manifest.numerics
-                    row.update(compile_s=time.perf_counter() - t0, numerics=n.status, max_abs_error=n.max_abs_error,
-                               cosine=n.cosine)
+                    row.update(
+                        compile_s=time.perf_counter() - t0,
+                        numerics=n.status,
+                        max_abs_error=n.max_abs_error,
+                        cosine=n.cosine,
+                    )
                 except Exception as err:  # noqa: BLE001 - report every model, keep going
                     row.update(compile_s=time.perf_counter() - t0, numerics="error", error=str(err)[:300])
         rows.append(row)
@@ -66,11 +79,14 @@ def main(argv=None) -> int:
         def pct(a, b):
             return f"{100 * (a - b) / b:+.1f}" if b else "-"
 
-        print(f"{spec.name:<26}{params:>12,}{(spec.published_params or 0) / 1e6:>10.2f}M"
-              f"{pct(params, spec.published_params):>7}{macs / 1e9:>9.3f}{(spec.published_macs or 0) / 1e9:>10.2f}"
-              f"{pct(macs, spec.published_macs):>7}{export_s:>10.1f}{row.get('compile_s', 0):>10.1f}"
-              f"{(row.get('max_abs_error') or 0):>10.2e}{(row.get('cosine') or 0):>11.7f}"
-              + (f"  {row.get('error', '')[:80]}" if row.get("numerics") == "error" else ""), flush=True)
+        print(
+            f"{spec.name:<26}{params:>12,}{(spec.published_params or 0) / 1e6:>10.2f}M"
+            f"{pct(params, spec.published_params):>7}{macs / 1e9:>9.3f}{(spec.published_macs or 0) / 1e9:>10.2f}"
+            f"{pct(macs, spec.published_macs):>7}{export_s:>10.1f}{row.get('compile_s', 0):>10.1f}"
+            f"{(row.get('max_abs_error') or 0):>10.2e}{(row.get('cosine') or 0):>11.7f}"
+            + (f"  {row.get('error', '')[:80]}" if row.get("numerics") == "error" else ""),
+            flush=True,
+        )
     path = write_result("zoo", {"models": rows})
     print(f"wrote {path}")
     return 0 if all(r.get("numerics", "passed") == "passed" for r in rows) else 1

@@ -312,6 +312,9 @@ def _print_compile_summary(report) -> None:
                 justify_right=(2, 3, 4, 5),
             )
         )
+    for p in m.passes:
+        for line in p.get("details", {}).get("explain", []):
+            con.print(f"  {p['name']}: {line}", markup=False)
     n = m.numerics
     if n.status == "skipped":
         con.print(f"numerics: [yellow]skipped[/yellow] ({n.reason})")

@@ -166,7 +166,7 @@ def compile(  # noqa: A001 - the public verb
     graph = source.graph
     stage_times["export"] = time.perf_counter() - t0
 
-    from edgeformer.passes import PassManager, resolve_pipeline
+    from edgeformer.passes import PassManager, default_options, resolve_pipeline
 
     pipeline = resolve_pipeline(target.default_pipeline(prof), prof.pipeline.add, prof.pipeline.drop, passes)
     key = _cache_key(graph, pipeline, target, prof, source.info)
@@ -186,7 +186,13 @@ def compile(  # noqa: A001 - the public verb
     stage("passes", f"{len(pipeline)} passes: {', '.join(pipeline) or '(none)'}")
     t0 = time.perf_counter()
     reference = [t.detach().numpy() for t in ir.run(graph, graph.example_inputs)]
-    rewritten, records = PassManager(pipeline, check=check, dump_dir=dump_ir, explain=explain).run(graph)
+    rewritten, records = PassManager(
+        pipeline,
+        check=check,
+        dump_dir=dump_ir,
+        explain=explain,
+        options=default_options(target.name, pipeline),
+    ).run(graph)
     stage_times["passes"] = time.perf_counter() - t0
 
     tmp = _mkdtemp(f".{out_dir.name}.tmp-", out_dir.parent)

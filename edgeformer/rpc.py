@@ -51,8 +51,19 @@ state.thread.join()
 """
 
 _SERVER = r"""
-import sys
+import json, os, platform, sys
+import tvm_ffi
 from tvm.rpc.server import PopenRPCServerState
+
+def machine_info():
+    try:
+        from edgeformer.profiling.machine import machine_info as info
+        return json.dumps(info())
+    except Exception:  # a device without edgeformer: what the standard library knows
+        return json.dumps({"cpu_model": platform.processor() or platform.machine(),
+                           "logical_cores": os.cpu_count() or 0, "machine": platform.machine()})
+
+tvm_ffi.register_global_func("edgeformer.machine_info", machine_info)  # what profile --remote reports
 host, port, tracker_host, tracker_port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 tracker = (tracker_host, tracker_port) if tracker_port else None
 state = PopenRPCServerState(host, port, port + 64, tracker_addr=tracker, key=key, silent=True)
@@ -117,14 +128,21 @@ class RpcProcess:
         self.stop()
 
 
-def _spawn(kind: str, script: str, args: list[str], host: str, key: str, env: dict | None,
-           timeout: float) -> RpcProcess:
+def _spawn(
+    kind: str, script: str, args: list[str], host: str, key: str, env: dict | None, timeout: float
+) -> RpcProcess:
     tmp = tempfile.TemporaryDirectory(prefix=f"edgeformer-rpc-{kind}-")
     log_path = Path(tmp.name) / f"{kind}.log"
     with open(log_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True, cwd=tmp.name)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=tmp.name,
+        )
     rp = RpcProcess(kind, proc, host, 0, key, log_path, tmp)
     deadline = time.monotonic() + timeout
     line = b""
@@ -147,8 +165,9 @@ def start_tracker(host: str = DEFAULT_HOST, port: int = 0, *, timeout: float = 3
     return _spawn("tracker", _TRACKER, [host, str(port or free_port(host))], host, "", None, timeout)
 
 
-def start_server(tracker: str | None, key: str, host: str = DEFAULT_HOST, port: int = 0, *,
-                 threads: int = 0, timeout: float = 30.0) -> RpcProcess:
+def start_server(
+    tracker: str | None, key: str, host: str = DEFAULT_HOST, port: int = 0, *, threads: int = 0, timeout: float = 30.0
+) -> RpcProcess:
     """A TVM RPC server ("device") registered under ``key`` with ``tracker`` (``host:port``).
 
     ``threads`` sets TVM_NUM_THREADS for what it runs.  It executes anything sent to it: keep it
@@ -156,8 +175,9 @@ def start_server(tracker: str | None, key: str, host: str = DEFAULT_HOST, port: 
     """
     t_host, t_port = parse_address(tracker) if tracker else ("", 0)
     env = {"TVM_NUM_THREADS": str(threads)} if threads else None
-    return _spawn("server", _SERVER, [host, str(port or free_port(host)), t_host, str(t_port), key], host, key,
-                  env, timeout)
+    return _spawn(
+        "server", _SERVER, [host, str(port or free_port(host)), t_host, str(t_port), key], host, key, env, timeout
+    )
 
 
 def tracker_summary(tracker: str, *, timeout: float = 5.0) -> dict:
@@ -181,8 +201,10 @@ def tracker_summary(tracker: str, *, timeout: float = 5.0) -> dict:
         base.sendjson(sock, [base.TrackerCode.SUMMARY])
         value = base.recvjson(sock)
     except (OSError, ValueError, struct.error) as err:
-        raise UserError(f"the TVM RPC tracker at {host}:{port} did not answer ({err})",
-                        "check that HOST:PORT is a tracker, not a server") from err
+        raise UserError(
+            f"the TVM RPC tracker at {host}:{port} did not answer ({err})",
+            "check that HOST:PORT is a tracker, not a server",
+        ) from err
     finally:
         sock.close()
     if value[0] != base.TrackerCode.SUCCESS:
@@ -225,15 +247,19 @@ def local_cluster(key: str = "local", devices: int = 1, *, threads: int = 0, hos
             p.stop()
 
 
-def serve(tracker: str | None, key: str, host: str = DEFAULT_HOST, port: int = 9090, *, threads: int = 0,
-          on_ready=None) -> None:
+def serve(
+    tracker: str | None, key: str, host: str = DEFAULT_HOST, port: int = 9090, *, threads: int = 0, on_ready=None
+) -> None:
     """``edgeformer rpc-server``: run one device server in the foreground until interrupted.
 
     ``on_ready(server)`` is called once it listens (the CLI prints ``server.address`` there).
     """
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding the RPC server to %s: anyone who can connect can run code on this machine; "
-                    "prefer 127.0.0.1 with an SSH tunnel", host)
+        log.warning(
+            "binding the RPC server to %s: anyone who can connect can run code on this machine; "
+            "prefer 127.0.0.1 with an SSH tunnel",
+            host,
+        )
     server = start_server(tracker, key, host, port, threads=threads)
     if on_ready:
         on_ready(server)
@@ -244,3 +270,17 @@ def serve(tracker: str | None, key: str, host: str = DEFAULT_HOST, port: int = 9
         pass
     finally:
         server.stop()
+
+
+def serve_tracker(host: str = DEFAULT_HOST, port: int = 9190, *, on_ready=None) -> None:
+    """Run a tracker in the foreground until interrupted (``on_ready(tracker)`` once it listens)."""
+    tracker = start_tracker(host, port)
+    if on_ready:
+        on_ready(tracker)
+    try:
+        while tracker.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tracker.stop()

@@ -1,6 +1,6 @@
 """Compile a zoo model for this CPU, check it against PyTorch, and time it.
 
-    python examples/compile_and_profile.py [model] [profile]
+python examples/compile_and_profile.py [model] [profile]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Bring your own nn.Module: export, inspect, compile and run the artifact from Python.
 
-    python examples/own_module.py
+python examples/own_module.py
 """
 
 import numpy as np

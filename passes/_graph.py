@@ -78,18 +78,16 @@ def source(node: fx.Node) -> str:
 def describe(*nodes: fx.Node) -> str:
     """``conv2d_3 + batch_norm_2 (network.1.proj/norm)`` for explain lines."""
     names = " + ".join(n.name for n in nodes)
-    srcs = [source(n) for n in nodes]
-    srcs = [s for s in srcs if s]
-    if not srcs:
-        return names
+    srcs = list(dict.fromkeys(s for s in (source(n) for n in nodes) if s))
+    if len(srcs) <= 1:
+        return f"{names} ({srcs[0]})" if srcs else names
     prefix = srcs[0]
     for s in srcs[1:]:
-        while prefix and not s.startswith(prefix):
+        while prefix and not (s == prefix or s.startswith(prefix + ".")):
             prefix = prefix.rsplit(".", 1)[0] if "." in prefix else ""
-    if prefix and len(set(srcs)) > 1:
-        tails = "/".join(dict.fromkeys(s[len(prefix) + 1 :] or s for s in srcs))
-        return f"{names} ({prefix}.{tails})"
-    return f"{names} ({'/'.join(dict.fromkeys(srcs))})"
+    tails = [s[len(prefix) + 1 :] if prefix else s for s in srcs]
+    tails = [t for t in tails if t]
+    return f"{names} ({prefix + '.' if prefix and tails else prefix}{'/'.join(tails)})"
 
 
 def shape(node) -> tuple[int, ...] | None:

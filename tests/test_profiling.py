@@ -7,11 +7,11 @@ import time
 
 import jsonschema
 import pytest
-from edgeformer.targets import OpProfile, OpTime
 
 from edgeformer.compiler import compile
 from edgeformer.manifest import schema
 from edgeformer.profiling import LatencyStats, measure, percentile, profile_artifact, time_calls
+from edgeformer.targets import OpProfile, OpTime
 
 
 def test_timed_runs_reach_both_minimum_count_and_duration():

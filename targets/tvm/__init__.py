@@ -23,11 +23,11 @@ from pathlib import Path
 from ..base import CompileResult, OpProfile, Target
 from . import build as tb
 from . import tuning
-from .tuning import TuneResult, tune
+from .tuning import TuneResult, tune, tune_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TuneResult", "TvmTarget", "profile_remote", "tune"]
+__all__ = ["TuneResult", "TvmTarget", "profile_remote", "tune", "tune_model"]
 
 
 def profile_remote(artifact_dir, tracker: str, key: str, **kwargs) -> dict:
@@ -58,8 +58,10 @@ class TvmTarget(Target):
 
     def can_run_here(self, profile) -> str | None:
         if tb.is_cross(profile):
-            return (f"the library is built for {tb.target_arch(profile)}, not this machine; "
-                    "run it on the device, e.g. edgeformer profile DIR --remote HOST:PORT --key KEY")
+            return (
+                f"the library is built for {tb.target_arch(profile)}, not this machine; "
+                "run it on the device, e.g. edgeformer profile DIR --remote HOST:PORT --key KEY"
+            )
         return None
 
     def cache_options(self, profile) -> dict:
@@ -69,21 +71,23 @@ class TvmTarget(Target):
         return opts
 
     def compile(self, graph, profile, out_dir: Path) -> CompileResult:
-        import time
-
         from tvm import relax
 
-        t0 = time.perf_counter()
         target, mod, key = tuning.prepare(graph, profile)
         db_path = tuning.database_path(profile, key)
         database = tuning.load_database(db_path)
         n_funcs = sum(len(names) for names, _ in tuning.tunable_functions(mod).values())
         applied = 0
         if database is None:
-            log.warning(
+            log.warning(  # the compile still succeeds: untuned is correct, only slow
                 "no TVM tuning database for %s on %s (looked for %s): compiling untuned, which runs about "
                 "100x slower than tuned; run `edgeformer tune %s --profile %s` first",
-                graph.name, profile.name, db_path, graph.name, profile.name)
+                graph.name,
+                profile.name,
+                db_path,
+                graph.name,
+                profile.name,
+            )
         else:
             mod, applied = tuning.apply_database(mod, target, database, profile.options.threads or 1)
         executable = tb.build(mod, target, tuned=applied > 0)
@@ -99,15 +103,17 @@ class TvmTarget(Target):
             "params": "bound as constants inside model.so",
             "tuning": {
                 "database": str(db_path) if database is not None else None,
-                "status": "tuned" if database is not None else "untuned",
+                "status": _status(database is not None, applied, n_funcs),
                 "tuned_functions": applied,
-                "distinct_functions": n_funcs,
+                "tunable_functions": n_funcs,
                 "trials": sum(r.get("trials", 0) for r in database["records"].values()) if database else 0,
-                "message": (f"applied {applied} tuned schedules from {db_path}" if database is not None else
-                            f"no tuning database for this workload ({db_path}); untuned TVM runs about 100x "
-                            f"slower: run `edgeformer tune {graph.name} --profile {profile.name}`"),
+                "message": (
+                    f"applied {applied} tuned schedules from {db_path}"
+                    if database is not None
+                    else f"no tuning database for this workload ({db_path}); untuned TVM runs about 100x "
+                    f"slower: run `edgeformer tune {graph.name} --profile {profile.name}`"
+                ),
             },
-            "build_time_s": round(time.perf_counter() - t0, 2),
         }
         return CompileResult(files=[tb.LIBRARY], details=details)
 
@@ -123,10 +129,39 @@ class TvmTarget(Target):
         finally:
             runner.close()
 
-    def profile_remote(self, artifact_dir, manifest, profile, *, tracker: str, key: str, inputs=None,
-                       min_runs: int = 50, min_seconds: float = 1.0, warmup: int = 1, **kwargs) -> dict:
+    def profile_remote(
+        self,
+        artifact_dir,
+        manifest,
+        profile,
+        *,
+        tracker: str,
+        key: str,
+        inputs=None,
+        min_runs: int = 50,
+        min_seconds: float = 1.0,
+        warmup: int = 1,
+        **kwargs,
+    ) -> dict:
         """The hook ``edgeformer.profiling.profile_artifact(remote=...)`` calls."""
         timeout = profile.remote.timeout_s if profile.remote else 60.0
-        return profile_remote(artifact_dir, tracker, key, inputs=inputs, min_runs=min_runs,
-                              min_seconds=min_seconds, warmup=warmup, threads=profile.options.threads,
-                              timeout_s=kwargs.pop("timeout_s", timeout), **kwargs)
+        return profile_remote(
+            artifact_dir,
+            tracker,
+            key,
+            inputs=inputs,
+            min_runs=min_runs,
+            min_seconds=min_seconds,
+            warmup=warmup,
+            threads=profile.options.threads,
+            timeout_s=kwargs.pop("timeout_s", timeout),
+            **kwargs,
+        )
+
+
+def _status(has_database: bool, applied: int, total: int) -> str:
+    if not has_database:
+        return "untuned"
+    if applied == 0:
+        return "untuned (the database has no schedule for these functions)"
+    return "tuned" if applied >= total else f"partly tuned ({applied} of {total} functions)"

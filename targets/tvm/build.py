@@ -66,8 +66,10 @@ def make_target(profile):
         return tvm.target.Target(tgt, host=tvm.target.Target(host) if host else None)
     except Exception as err:  # noqa: BLE001 - TVM raises its own error types for bad targets
         first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise UserError(f"profile {profile.name}: invalid TVM target {json.dumps(tgt)}: {first}",
-                        "fix [options] tvm_target in the profile (a dict like {kind='llvm', mcpu='...'})") from err
+        raise UserError(
+            f"profile {profile.name}: invalid TVM target {json.dumps(tgt)}: {first}",
+            "fix [options] tvm_target in the profile (a dict like {kind='llvm', mcpu='...'})",
+        ) from err
 
 
 def target_arch(profile) -> str:
@@ -131,8 +133,10 @@ def import_graph(graph):
         mod = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False)
     except Exception as err:  # noqa: BLE001 - converter failures come in many types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"TVM's PyTorch frontend failed on {graph.name}: {first}",
-                        "run with --debug for the trace, or pick another target") from err
+        raise UserError(
+            f"TVM's PyTorch frontend failed on {graph.name}: {first}",
+            "run with --debug for the trace, or pick another target",
+        ) from err
     mod, params = relax.frontend.detach_params(mod)
     return mod, params.get("main", [])
 
@@ -177,19 +181,21 @@ def lower(mod, target):
     import tvm
     from tvm import relax
 
-    seq = tvm.transform.Sequential([
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.CanonicalizeBindings(),
-        relax.backend.DispatchSampling(),
-        relax.backend.DispatchSortScan(),
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-        relax.transform.AttachAttrLayoutFreeBuffers(),
-    ])
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+        ]
+    )
     with target, tvm.transform.PassContext(opt_level=3):
         return seq(mod)
 
@@ -204,15 +210,25 @@ def build(mod, target, tuned: bool = False):
         if tuned:
             # Weight re-layouts chosen by tuning become separate functions on constants, which
             # FoldConstant evaluates once here instead of on every inference.
-            passes += [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
-                       relax.transform.DeadCodeElimination()]
+            passes += [
+                relax.transform.SplitLayoutRewritePreproc(),
+                relax.transform.FoldConstant(),
+                relax.transform.DeadCodeElimination(),
+            ]
         # The CPU backend's lowering and finalization (tvm.relax.backend.cpu_generic.pipeline).
-        passes += [relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
-                   relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(),
-                   relax.transform.StaticPlanBlockMemory(), relax.transform.LowerAllocTensor(),
-                   relax.transform.KillAfterLastUse(), relax.transform.LowerRuntimeBuiltin(),
-                   relax.transform.ComputePrimValue(), relax.transform.VMShapeLower(),
-                   relax.transform.AttachGlobalSymbol()]
+        passes += [
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+            relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(),
+            relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(),
+            relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol(),
+        ]
         return tvm.transform.Sequential(passes)(m)
 
     pipeline = tvm.transform.module_pass(finish, opt_level=0, name="edgeformer_tvm_finish")

@@ -9,6 +9,7 @@ keeps; with ``number > 1`` the samples are means of means, and the report says s
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -35,8 +36,13 @@ def _request(tracker: str, key: str, timeout_s: float):
     summary = erpc.tracker_summary(tracker)  # UserError when unreachable
     total, _ = erpc.device_counts(summary, key)
     if total == 0:
-        keys = sorted({s["key"].removeprefix("server:") for s in summary.get("server_info", [])
-                       if s.get("key", "").startswith("server:")})
+        keys = sorted(
+            {
+                s["key"].removeprefix("server:")
+                for s in summary.get("server_info", [])
+                if s.get("key", "").startswith("server:")
+            }
+        )
         raise UserError(
             f"no device registered under key {key!r} at the TVM RPC tracker {host}:{port} "
             f"(registered keys: {', '.join(keys) if keys else 'none'})",
@@ -45,8 +51,10 @@ def _request(tracker: str, key: str, timeout_s: float):
     deadline = time.monotonic() + timeout_s
     while erpc.device_counts(erpc.tracker_summary(tracker), key)[1] == 0:
         if time.monotonic() > deadline:
-            raise UserError(f"all {total} device(s) under key {key!r} stayed busy for {timeout_s:.0f} s",
-                            "try again later, or raise [remote] timeout_s in the profile")
+            raise UserError(
+                f"all {total} device(s) under key {key!r} stayed busy for {timeout_s:.0f} s",
+                "try again later, or raise [remote] timeout_s in the profile",
+            )
         time.sleep(0.2)
     import socket
     import struct
@@ -58,8 +66,10 @@ def _request(tracker: str, key: str, timeout_s: float):
         base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", 1])
         value = base.recvjson(sock)
     except (OSError, ValueError) as err:
-        raise UserError(f"no device under key {key!r} became free at {host}:{port} ({err})",
-                        "try again later, or raise [remote] timeout_s in the profile") from err
+        raise UserError(
+            f"no device under key {key!r} became free at {host}:{port} ({err})",
+            "try again later, or raise [remote] timeout_s in the profile",
+        ) from err
     finally:
         sock.close()
     if value[0] != base.TrackerCode.SUCCESS:
@@ -68,8 +78,10 @@ def _request(tracker: str, key: str, timeout_s: float):
     try:
         return rpc.connect(s_host, s_port, matchkey), f"{s_host}:{s_port}"
     except Exception as err:  # noqa: BLE001 - TVM raises TVMError subclasses for a dead server
-        raise UserError(f"the device {s_host}:{s_port} (key {key!r}) did not accept the session: {err}",
-                        "restart the RPC server on the device") from err
+        raise UserError(
+            f"the device {s_host}:{s_port} (key {key!r}) did not accept the session: {err}",
+            "restart the RPC server on the device",
+        ) from err
 
 
 def profile_remote(
@@ -92,11 +104,6 @@ def profile_remote(
     warm statistics), ``settings``, ``machine``, ``remote`` (tracker, key, server, number,
     repeat), ``notes`` and ``ops`` (None: per-op times need the local VM).
     """
-    import tvm
-    from tvm import relax
-
-    from edgeformer.profiling import LatencyStats, Phases
-
     if not key:
         raise UserError("remote profiling needs a device key", "pass --key KEY (or set [remote] key in the profile)")
     lib_path = Path(artifact_dir) / LIBRARY
@@ -104,7 +111,30 @@ def profile_remote(
         raise UserError(f"{artifact_dir} has no {LIBRARY}", "compile it with a TVM profile first")
     if number < 1:
         raise UserError(f"number must be >= 1, got {number}")
+    if inputs is None:  # the manifest's seeded example inputs, as local profiling uses
+        from edgeformer.runtime import load_artifact
+
+        inputs = load_artifact(artifact_dir).example_inputs()
     sess, server = _request(tracker, key, timeout_s)
+    try:
+        return _profile(
+            sess, server, lib_path, tracker, key, inputs, min_runs, min_seconds, warmup, number, threads, cooldown_ms
+        )
+    finally:
+        # The session lives until every remote object is gone, and some sit in reference cycles:
+        # collect them now so the device is handed back to the tracker right away.
+        del sess
+        gc.collect()
+
+
+def _profile(
+    sess, server, lib_path, tracker, key, inputs, min_runs, min_seconds, warmup, number, threads, cooldown_ms
+) -> dict:
+    import tvm
+    from tvm import relax
+
+    from edgeformer.profiling import LatencyStats, Phases
+
     t0 = time.perf_counter()
     sess.upload(str(lib_path))
     rlib = sess.load_module(LIBRARY)
@@ -113,8 +143,6 @@ def profile_remote(
         sess.get_function("runtime.config_threadpool")(1, int(threads))
     vm = relax.VirtualMachine(rlib, dev)
     load_ms = (time.perf_counter() - t0) * 1e3
-    if inputs is None:
-        raise UserError("remote profiling needs example inputs")
     args = [tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs]
     vm.set_input("main", *args)
     t0 = time.perf_counter()
@@ -130,22 +158,38 @@ def profile_remote(
     repeat = max(int(min_runs), math.ceil(min_seconds * 1e3 / max(est_ms * number, 1e-3)))
     repeat = min(repeat, 100_000)
     samples = timer(number, repeat)
-    statistic = ("TVM time_evaluator on the device, one inference per sample (number=1)" if number == 1 else
-                 f"TVM time_evaluator on the device: each sample is the mean of number={number} calls "
-                 "(a per-repeat mean, so percentiles are of means)")
+    statistic = (
+        "TVM time_evaluator on the device, one inference per sample (number=1)"
+        if number == 1
+        else f"TVM time_evaluator on the device: each sample is the mean of number={number} calls "
+        "(a per-repeat mean, so percentiles are of means)"
+    )
     stats = LatencyStats.from_samples(samples, statistic=statistic)
     outputs = vm.get_outputs("main")
     out_shapes = [list(t.shape) for t in _flatten(outputs)]
     remote_threads = int(sess.get_function("runtime.NumThreads")())
-    del vm, rlib
+    machine = _remote_machine(sess, key)
     return {
         "phases": Phases(load_ms, first_ms, warm, stats),
-        "settings": {"runtime": "tvm (relax VM over RPC)", "version": tvm.__version__, "device": "cpu",
-                     "threads": threads or "device default", "runtime_threads": remote_threads,
-                     "model_file": LIBRARY, "number": number, "repeat": repeat},
-        "machine": {"device_key": key, "server": server, "tracker": tracker},
-        "remote": {"tracker": tracker, "key": key, "server": server, "number": number, "repeat": repeat,
-                   "output_shapes": out_shapes},
+        "settings": {
+            "runtime": "tvm (relax VM over RPC)",
+            "version": tvm.__version__,
+            "device": "cpu",
+            "threads": threads or "device default",
+            "runtime_threads": remote_threads,
+            "model_file": LIBRARY,
+            "number": number,
+            "repeat": repeat,
+        },
+        "machine": {**machine, "device_key": key, "server": server, "tracker": tracker},
+        "remote": {
+            "tracker": tracker,
+            "key": key,
+            "server": server,
+            "number": number,
+            "repeat": repeat,
+            "output_shapes": out_shapes,
+        },
         "notes": [
             f"timed on the device by TVM's time_evaluator: {repeat} repeats x number={number}; "
             "TVM reports the mean of each repeat",
@@ -153,6 +197,16 @@ def profile_remote(
         ],
         "ops": None,
     }
+
+
+def _remote_machine(sess, key: str) -> dict:
+    """The device's CPU as its server reports it (edgeformer's servers register this function)."""
+    import json
+
+    try:
+        return json.loads(sess.get_function("edgeformer.machine_info")())
+    except Exception:  # noqa: BLE001 - a plain TVM server does not have it
+        return {"cpu_model": f"unknown (TVM RPC device {key!r})", "logical_cores": 0}
 
 
 def _flatten(out) -> list:

@@ -68,9 +68,14 @@ class TvmRunner(Runner):
     def settings(self) -> dict:
         import tvm
 
-        return {"runtime": "tvm (relax VM)", "version": tvm.__version__, "device": "cpu",
-                "threads": self._threads or "default (physical cores)",
-                "runtime_threads": int(tvm.get_global_func("runtime.NumThreads")()), "model_file": self._path.name}
+        return {
+            "runtime": "tvm (relax VM)",
+            "version": tvm.__version__,
+            "device": "cpu",
+            "threads": self._threads or "default (physical cores)",
+            "runtime_threads": int(tvm.get_global_func("runtime.NumThreads")()),
+            "model_file": self._path.name,
+        }
 
     # -------------------------------------------------------------------------------- per-op
     def profile_ops(self, inputs: Sequence[np.ndarray], runs: int, sources: dict[str, str] | None = None) -> OpProfile:
@@ -107,16 +112,29 @@ class TvmRunner(Runner):
             self.vm.set_instrument(None)
         sources = sources or {}
         ops = [
-            OpTime(name=name, type=op_type(name), time_ms=d["ns"] / runs / 1e6, share=0.0,
-                   calls=max(1, round(d["n"] / runs)), device="cpu", source=sources.get(name))
+            OpTime(
+                name=name,
+                type=op_type(name),
+                time_ms=d["ns"] / runs / 1e6,
+                share=0.0,
+                calls=max(1, round(d["n"] / runs)),
+                device="cpu",
+                source=sources.get(name),
+            )
             for name, d in per.items()
         ]
-        return OpProfile.build("tvm", runs, float(np.mean(e2e)), ops, notes=[
-            "times are Relax VM calls timed by the VM's instrument hook (TVM 0.27 has no vm.profile); "
-            "end-to-end is the mean of the same profiled runs; unexplained = VM dispatch and hook overhead",
-            f"without the hook the mean end-to-end time was {np.mean(plain):.3f} ms",
-            "kernels are fused TIR functions: one entry can cover several PyTorch ops",
-        ])
+        return OpProfile.build(
+            "tvm",
+            runs,
+            float(np.mean(e2e)),
+            ops,
+            notes=[
+                "times are Relax VM calls timed by the VM's instrument hook (TVM 0.27 has no vm.profile); "
+                "end-to-end is the mean of the same profiled runs; unexplained = VM dispatch and hook overhead",
+                f"without the hook the mean end-to-end time was {np.mean(plain):.3f} ms",
+                "kernels are fused TIR functions: one entry can cover several PyTorch ops",
+            ],
+        )
 
 
 def op_type(symbol: str) -> str:
@@ -129,7 +147,7 @@ def op_type(symbol: str) -> str:
     i = 0
     while i < len(words):
         for n in (3, 2, 1):  # longest known multi-word op first (avg_pool2d, layer_norm, ...)
-            name = "_".join(words[i:i + n])
+            name = "_".join(words[i : i + n])
             if n == 1 or name in _MULTI_WORD:
                 out.append(name)
                 i += n
@@ -138,9 +156,36 @@ def op_type(symbol: str) -> str:
 
 
 _MULTI_WORD = {
-    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-    "max_pool1d", "max_pool2d", "max_pool3d", "layer_norm", "group_norm", "batch_norm", "rms_norm", "instance_norm",
-    "broadcast_to", "permute_dims", "strided_slice", "expand_dims", "dynamic_strided_slice", "full_like",
-    "zeros_like", "ones_like", "log_softmax", "scatter_elements", "collapse_sum_like", "collapse_sum_to",
-    "image_resize2d", "one_hot", "cumsum", "where", "conv2d_transpose", "conv1d_transpose",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "layer_norm",
+    "group_norm",
+    "batch_norm",
+    "rms_norm",
+    "instance_norm",
+    "broadcast_to",
+    "permute_dims",
+    "strided_slice",
+    "expand_dims",
+    "dynamic_strided_slice",
+    "full_like",
+    "zeros_like",
+    "ones_like",
+    "log_softmax",
+    "scatter_elements",
+    "collapse_sum_like",
+    "collapse_sum_to",
+    "image_resize2d",
+    "one_hot",
+    "cumsum",
+    "where",
+    "conv2d_transpose",
+    "conv1d_transpose",
 }

@@ -102,11 +102,14 @@ def load_database(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise UserError(f"TVM tuning database {path} is unreadable ({err})",
-                        "delete it and run `edgeformer tune` again") from err
+        raise UserError(
+            f"TVM tuning database {path} is unreadable ({err})", "delete it and run `edgeformer tune` again"
+        ) from err
     if data.get("format") != DB_FORMAT:
-        raise UserError(f"TVM tuning database {path} has format {data.get('format')!r}, expected {DB_FORMAT}",
-                        "delete it and run `edgeformer tune` again")
+        raise UserError(
+            f"TVM tuning database {path} has format {data.get('format')!r}, expected {DB_FORMAT}",
+            "delete it and run `edgeformer tune` again",
+        )
     return data
 
 
@@ -166,10 +169,15 @@ class _Space:
         from tvm.s_tir import meta_schedule as ms
 
         self.workload = _as_workload(func)
-        gen = ms.space_generator.PostOrderApply(sch_rules="from-target", postprocs="from-target",
-                                                mutator_probs={})
-        ctx = ms.TuneContext(mod=self.workload, target=target, space_generator=gen, task_name="edgeformer",
-                             rand_state=1, num_threads=max(1, threads))
+        gen = ms.space_generator.PostOrderApply(sch_rules="from-target", postprocs="from-target", mutator_probs={})
+        ctx = ms.TuneContext(
+            mod=self.workload,
+            target=target,
+            space_generator=gen,
+            task_name="edgeformer",
+            rand_state=1,
+            num_threads=max(1, threads),
+        )
         self.traces = [s.trace.simplified(remove_postproc=True) for s in ctx.generate_design_space()]
         self.postprocs = list(ctx.space_generator.postprocs)
 
@@ -195,8 +203,11 @@ class _Space:
             if not p.apply(sch):
                 return None
         trace = sch.trace
-        chosen = [_py(trace.get_decision(i)) for i in trace.insts
-                  if i.kind.name.startswith("Sample") and trace.get_decision(i) is not None]
+        chosen = [
+            _py(trace.get_decision(i))
+            for i in trace.insts
+            if i.kind.name.startswith("Sample") and trace.get_decision(i) is not None
+        ]
         return sch, chosen
 
 
@@ -221,8 +232,9 @@ def _measure(sch, target, dev) -> float:
         dtype = str(a.dtype)
         data = rng.random(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype)
         args.append(tvm.runtime.tensor(data, dev))
-    timer = rt.time_evaluator(rt.entry_name if hasattr(rt, "entry_name") else "main", dev, number=1,
-                              repeat=3, min_repeat_ms=15)
+    timer = rt.time_evaluator(
+        rt.entry_name if hasattr(rt, "entry_name") else "main", dev, number=1, repeat=3, min_repeat_ms=15
+    )
     return float(np.median(timer(*args).results))
 
 
@@ -272,8 +284,7 @@ class _Task:
         return self.weight * best
 
 
-def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | None = None,
-         seed: int = 0) -> TuneResult:
+def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | None = None, seed: int = 0) -> TuneResult:
     """Tune ``graph`` for ``profile`` and store the schedules in the per-profile cache.
 
     ``trials`` (default: the profile's ``tuning_trials``, else DEFAULT_TRIALS) candidates are
@@ -347,17 +358,35 @@ def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | No
         for task in tasks:
             if task.best is not None:
                 records[task.key] = {
-                    "space": task.best["space"], "decisions": task.best["decisions"],
-                    "latency_us": round(task.best_s * 1e6, 3), "untuned_us": round(task.naive_s * 1e6, 3),
-                    "functions": sorted(task.names), "trials": task.trials,
+                    "space": task.best["space"],
+                    "decisions": task.best["decisions"],
+                    "latency_us": round(task.best_s * 1e6, 3),
+                    "untuned_us": round(task.naive_s * 1e6, 3),
+                    "functions": sorted(task.names),
+                    "trials": task.trials,
                 }
         est = sum(t.cost_s for t in tasks) * 1e3
         naive_est = sum(t.weight * t.naive_s for t in tasks) * 1e3
-        entry = {"trials": done, "failed": failed, "tuning_time_s": round(elapsed, 1), "estimated_ms": round(est, 3),
-                 "complete": final, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        _write_json(path, {"format": DB_FORMAT, "tvm": tvm.__version__, "target": tb.target_dict(profile),
-                           "workload": key, "model": graph.name, "records": records,
-                           "history": [*history, entry]})
+        entry = {
+            "trials": done,
+            "failed": failed,
+            "tuning_time_s": round(elapsed, 1),
+            "estimated_ms": round(est, 3),
+            "complete": final,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_json(
+            path,
+            {
+                "format": DB_FORMAT,
+                "tvm": tvm.__version__,
+                "target": tb.target_dict(profile),
+                "workload": key,
+                "model": graph.name,
+                "records": records,
+                "history": [*history, entry],
+            },
+        )
         if final:
             history.append(entry)
         return elapsed, est, naive_est
@@ -384,12 +413,30 @@ def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | No
             save(final=False)
             next_save = done + _CHECKPOINT
     elapsed, est, naive_est = save(final=True)
-    result = TuneResult(model=graph.name, profile=profile.name, target=tb.target_dict(profile), workload=key,
-                        database=str(path), trials=done, tasks=len(tasks), tuning_time_s=round(elapsed, 1),
-                        continued=old is not None, estimated_ms=round(est, 3),
-                        untuned_estimated_ms=round(naive_est, 3), failed=failed, runs=history)
-    log.info("tuned %s in %.0f s (%d trials, %d failed): estimated %.2f ms, untuned %.2f ms", graph.name,
-             elapsed, done, failed, est, naive_est)
+    result = TuneResult(
+        model=graph.name,
+        profile=profile.name,
+        target=tb.target_dict(profile),
+        workload=key,
+        database=str(path),
+        trials=done,
+        tasks=len(tasks),
+        tuning_time_s=round(elapsed, 1),
+        continued=old is not None,
+        estimated_ms=round(est, 3),
+        untuned_estimated_ms=round(naive_est, 3),
+        failed=failed,
+        runs=history,
+    )
+    log.info(
+        "tuned %s in %.0f s (%d trials, %d failed): estimated %.2f ms, untuned %.2f ms",
+        graph.name,
+        elapsed,
+        done,
+        failed,
+        est,
+        naive_est,
+    )
     return result
 
 
@@ -434,8 +481,16 @@ def apply_database(mod, target, database: dict, threads: int = 1):
     return mod, applied
 
 
-def tune_model(model, profile="host-tvm", *, trials: int | None = None, input_shapes=None, weights=None,
-               passes: str | None = None, work_dir: str | Path | None = None) -> TuneResult:
+def tune_model(
+    model,
+    profile="host-tvm",
+    *,
+    trials: int | None = None,
+    input_shapes=None,
+    weights=None,
+    passes: str | None = None,
+    work_dir: str | Path | None = None,
+) -> TuneResult:
     """``edgeformer tune``: resolve MODEL, run the same pass pipeline ``compile`` runs, tune it.
 
     The pipeline must match, since the database is keyed by the rewritten program.
@@ -447,8 +502,10 @@ def tune_model(model, profile="host-tvm", *, trials: int | None = None, input_sh
 
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if prof.target != "tvm":
-        raise UserError(f"profile {prof.name} uses target {prof.target}; only TVM profiles are tuned",
-                        "pick a TVM profile, e.g. --profile host-tvm")
+        raise UserError(
+            f"profile {prof.name} uses target {prof.target}; only TVM profiles are tuned",
+            "pick a TVM profile, e.g. --profile host-tvm",
+        )
     target = get_target("tvm")
     reason = target.is_available()
     if reason:

@@ -17,10 +17,10 @@ import io
 from collections import Counter
 
 import torch
-from edgeformer.passes import PassManager, PassRecord
 from torch import nn
 
 from edgeformer.ir import Graph, export, op_name
+from edgeformer.passes import PassManager, PassRecord
 
 ATOL = 1e-5  # the exact-pass tolerance of DESIGN.md, fp32, absolute
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 from _helper import assert_close, randomize
-from edgeformer.passes import PassManager, default_options, default_pipeline
 
 from edgeformer.ir import export
 from edgeformer.models import build_model, get_spec
+from edgeformer.passes import PassManager, default_options, default_pipeline
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 @pytest.mark.parametrize("name", ["poolformer_tiny", "efficientformer_tiny", "lmuformer_tiny"])
 def test_rewritten_zoo_program_exports_to_onnx_and_matches_in_ort(name, tmp_path):
     import torch
+
     from edgeformer.targets.onnxruntime import export_onnx
 
     graph = export(randomize(build_model(name)), get_spec(name).example_inputs(), name=name)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import edgeformer.passes as passes
 import pytest
 import torch
 from _helper import run_pass, tiny_graph
+from torch import nn
+
+import edgeformer.passes as passes
+from edgeformer.errors import UnknownNameError, UserError
 from edgeformer.passes import (
     PIPELINES,
     Pass,
@@ -23,9 +26,6 @@ from edgeformer.passes import (
     resolve_pipeline,
 )
 from edgeformer.passes._graph import Editor, arg, is_op
-from torch import nn
-
-from edgeformer.errors import UnknownNameError, UserError
 
 
 class ShiftHeadBias(Pass):

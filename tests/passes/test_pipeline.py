@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 from _helper import ATOL, assert_close, randomize
-from edgeformer.passes import PassManager, default_options, default_pipeline
-from edgeformer.passes._graph import Editor, is_op
 from torch import fx
 
 from edgeformer.ir import export
 from edgeformer.models import build_model, get_spec, list_models
+from edgeformer.passes import PassManager, default_options, default_pipeline
+from edgeformer.passes._graph import Editor, is_op
 
 TINY = [s.name for s in list_models() if "tiny" in s.name]
 

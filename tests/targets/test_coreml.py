@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from edgeformer.targets import base, get_target
-from edgeformer.targets.coreml import PACKAGE, structural_checks
 from torch import nn
 
 from edgeformer import ir
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
 from edgeformer.manifest import file_entries
+from edgeformer.targets import base, get_target
+from edgeformer.targets.coreml import PACKAGE, structural_checks
 
 MACOS = platform.system() == "Darwin"
 

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from edgeformer.targets import base, get_target
 from torch import nn
 
 from edgeformer import ir
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
+from edgeformer.targets import base, get_target
 
 
 class Tiny(nn.Module):

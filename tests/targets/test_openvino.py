@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from edgeformer.targets import base, get_target
-from edgeformer.targets.openvino import check_precision
 from torch import nn
 
 from edgeformer import ir
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
+from edgeformer.targets import base, get_target
+from edgeformer.targets.openvino import check_precision
 
 
 class Tiny(nn.Module):

@@ -55,8 +55,14 @@ def artifact(tmp_path_factory):
     from edgeformer.device_profiles import parse_profile
 
     root = tmp_path_factory.mktemp("tvm-rpc")
-    prof = parse_profile({"name": "rpc-host-tvm", "target": "tvm",
-                          "options": {"threads": 1, "tvm_target": {"kind": "llvm", "mcpu": "native"}}}, "test")
+    prof = parse_profile(
+        {
+            "name": "rpc-host-tvm",
+            "target": "tvm",
+            "options": {"threads": 1, "tvm_target": {"kind": "llvm", "mcpu": "native"}},
+        },
+        "test",
+    )
     torch.manual_seed(0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEFORMER_CACHE_DIR", str(root / "cache"))
@@ -96,8 +102,9 @@ def test_two_profiles_at_once_are_served_by_the_two_devices(cluster, artifact):
     def run(i):
         try:
             barrier.wait()
-            results[i] = profile_remote(artifact, tracker.address, KEY, inputs=_inputs(), min_runs=20,
-                                        min_seconds=0.3, threads=1)
+            results[i] = profile_remote(
+                artifact, tracker.address, KEY, inputs=_inputs(), min_runs=20, min_seconds=0.3, threads=1
+            )
         except Exception as err:  # noqa: BLE001 - surfaced below
             errors.append(err)
 
@@ -116,8 +123,9 @@ def test_profile_artifact_remote_writes_a_remote_report(cluster, artifact, tmp_p
     from edgeformer.profiling import profile_artifact
 
     tracker, _ = cluster
-    report = profile_artifact(artifact, min_runs=5, min_seconds=0.05, remote=tracker.address, key=KEY,
-                              output=tmp_path / "profile.json")
+    report = profile_artifact(
+        artifact, min_runs=5, min_seconds=0.05, remote=tracker.address, key=KEY, output=tmp_path / "profile.json"
+    )
     assert report.kind == "remote" and report.remote["key"] == KEY
     assert all(k in report.latency for k in STATS)
     assert (tmp_path / "profile.json").is_file()
@@ -136,6 +144,17 @@ def test_unreachable_tracker_is_a_one_line_user_error(artifact):
     msg = str(err.value)
     assert f"127.0.0.1:{port}" in msg and "\n" not in msg and "rpc_tracker" in msg
     assert err.value.exit_code == 2
+
+
+def test_cli_profile_remote_exits_2_on_an_unreachable_tracker(artifact, tmp_path, capsys):
+    from edgeformer.cli import main
+
+    port = rpc.free_port()
+    out = tmp_path / "profile.json"
+    code = main(["profile", str(artifact), "--remote", f"127.0.0.1:{port}", "--key", KEY, "-o", str(out)])
+    assert code == 2
+    assert f"127.0.0.1:{port}" in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
 
 
 def test_bad_tracker_address_is_a_user_error(artifact):
