@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -18,6 +19,10 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# On a shared machine, OpenMP's default spin-waiting makes torch eager 10-60x slower whenever
+# another process holds a core (seen here: 2 s per L1 inference).  Passive waiting measures its
+# compute instead; ORT uses its own thread pool and is unaffected.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _common import alternate, summarize, write_result  # noqa: E402
 

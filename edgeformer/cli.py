@@ -441,18 +441,45 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from edgeformer.device_profiles import load_profile
-    from edgeformer.sources import load_model
-    from edgeformer.targets.tvm import tune
+    from edgeformer.targets.tvm import tune_model
 
-    prof = load_profile(args.profile)
-    src = load_model(args.model, input_shapes=_shapes(args), weights=args.weights)
-    result = tune(src.graph, prof, trials=args.trials, work_dir=args.work_dir)
-    data = result.to_dict() if hasattr(result, "to_dict") else vars(result)
+    result = tune_model(
+        args.model,
+        args.profile,
+        trials=args.trials,
+        input_shapes=_shapes(args),
+        weights=args.weights,
+        passes=args.passes,
+        work_dir=args.work_dir,
+    )
+    data = result.to_dict()
     if args.json:
         _emit_json(data)
+        return 0
+    _console().print(
+        f"tuned {data['model']} for {data['profile']}: {data['trials']} trials over {data['tasks']} tasks in "
+        f"{data['tuning_time_s']:.0f} s; estimated {data['untuned_estimated_ms']:.1f} ms untuned → "
+        f"{data['estimated_ms']:.1f} ms tuned; database {data['database']}"
+    )
+    return 0
+
+
+def cmd_rpc(args) -> int:
+    from edgeformer import rpc
+
+    con = _console()
+    if args.tracker_only:
+        on_ready = lambda t: con.print(f"tracker listening on {t.address}")  # noqa: E731
+        rpc.serve_tracker(args.host, args.port or 9190, on_ready=on_ready)
     else:
-        _console().print(", ".join(f"{k}={v}" for k, v in data.items()))
+        rpc.serve(
+            args.tracker,
+            args.key,
+            args.host,
+            args.port or 9090,
+            threads=args.threads,
+            on_ready=lambda srv: con.print(f"RPC server '{args.key}' listening on {srv.address}"),
+        )
     return 0
 
 
@@ -536,9 +563,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", parents=[common, model_args], help="MetaSchedule-tune MODEL for a TVM profile")
     tu.add_argument("--profile", default="host-tvm")
-    tu.add_argument("--trials", type=int, default=2000)
+    tu.add_argument("--trials", type=int, help="total trials wanted in the database (default: the profile's)")
     tu.add_argument("--work-dir", metavar="DIR", help="tuning database folder (default: per-profile cache)")
+    tu.add_argument("--passes", metavar="+a,-b", help="add/drop passes (must match the later compile)")
     tu.set_defaults(fn=cmd_tune)
+
+    rs = sub.add_parser(
+        "rpc-server",
+        parents=[common],
+        help="serve this machine as a TVM RPC device (runs whatever it is sent: keep it on 127.0.0.1, tunnel over SSH)",
+    )
+    rs.add_argument("--tracker", metavar="HOST:PORT", help="register with this tracker")
+    rs.add_argument("--key", default="local", help="device key to register under (default local)")
+    rs.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    rs.add_argument("--port", type=int, help="port (default 9090; 9190 with --tracker-only)")
+    rs.add_argument("--threads", type=int, default=0)
+    rs.add_argument("--tracker-only", action="store_true", help="run a tracker instead of a device server")
+    rs.set_defaults(fn=cmd_rpc)
     return p
 
 

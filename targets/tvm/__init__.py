@@ -41,7 +41,7 @@ class TvmTarget(Target):
     name = "tvm"
     description = "Apache TVM (Relax): MetaSchedule-tuned model.so, cross-compiled, profiled over RPC"
     extra = "tvm"
-    distributions = ("apache-tvm",)
+    distributions = ("apache-tvm", "apache-tvm-ffi")  # ffi: its ABI matters (see tuning.py)
     main_file = tb.LIBRARY
 
     @classmethod

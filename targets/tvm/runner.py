@@ -141,7 +141,8 @@ def op_type(symbol: str) -> str:
     """``fused_conv2d3_add2_relu1`` → ``conv2d+add+relu``; builtins keep their name."""
     if "." in symbol:
         return symbol
-    words = [re.sub(r"\d+$", "", w) for w in symbol.removeprefix("fused_").split("_")]
+    base = symbol.removeprefix("fused_").removesuffix("_prepacked")  # tuned weight layout: same op
+    words = [re.sub(r"\d+$", "", w) for w in base.split("_")]
     words = [w for w in words if w]
     out: list[str] = []
     i = 0

@@ -150,6 +150,24 @@ def func_key(func) -> str:
     return hashlib.sha256(_as_workload(func).script().encode()).hexdigest()
 
 
+def call_counts(mod) -> dict[str, int]:
+    """How many times the Relax functions call each TIR function per inference."""
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call):
+            for arg in (expr.op, *expr.args):
+                if isinstance(arg, relax.GlobalVar):
+                    counts[arg.name_hint] = counts.get(arg.name_hint, 0) + 1
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
 def tunable_functions(mod) -> dict[str, tuple[list[str], object]]:
     """key → (names of the functions with that body, one of them), sorted by key."""
     from tvm import tirx
@@ -267,6 +285,7 @@ class TuneResult:
 class _Task:
     key: str
     names: list[str]
+    calls: int  # calls per inference, over all functions with this body
     space: _Space | None
     naive_s: float
     best_s: float = float("inf")
@@ -275,7 +294,7 @@ class _Task:
 
     @property
     def weight(self) -> int:
-        return len(self.names)
+        return max(1, self.calls)
 
     @property
     def cost_s(self) -> float:
@@ -315,10 +334,12 @@ def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | No
     t0 = time.perf_counter()
 
     tasks: list[_Task] = []
+    calls = call_counts(mod)
     for k, (names, func) in tunable_functions(mod).items():
         space = _Space(func, target, profile.options.threads or 1)
         naive = _measure_naive(func, target, dev)
-        task = _Task(k, names, space if space.traces else None, naive, best_s=naive or float("inf"))
+        n_calls = sum(calls.get(n, 0) for n in names)
+        task = _Task(k, names, n_calls, space if space.traces else None, naive, best_s=naive or float("inf"))
         rec = records.get(k)
         if rec and task.space is not None and rec["space"] < len(space.traces):
             # A record only exists if it beat the untuned function; re-time it on today's machine.
@@ -363,6 +384,7 @@ def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | No
                     "latency_us": round(task.best_s * 1e6, 3),
                     "untuned_us": round(task.naive_s * 1e6, 3),
                     "functions": sorted(task.names),
+                    "calls": task.weight,
                     "trials": task.trials,
                 }
         est = sum(t.cost_s for t in tasks) * 1e3
@@ -394,6 +416,8 @@ def tune(graph, profile, *, trials: int | None = None, work_dir: str | Path | No
     # Round 1: random samples for every task, most expensive first (all of them if trials allow).
     init = max(1, min(_INIT_SAMPLES, trials // max(1, len(live))))
     for task in sorted(live, key=lambda t: (-t.weight * t.naive_s, t.key)):
+        if task.best is not None:  # continued from the database: it has had its exploration
+            continue
         for i in range(init):
             if done < trials:
                 attempt(task, i % len(task.space.traces), None, frozenset())
@@ -481,19 +505,10 @@ def apply_database(mod, target, database: dict, threads: int = 1):
     return mod, applied
 
 
-def tune_model(
-    model,
-    profile="host-tvm",
-    *,
-    trials: int | None = None,
-    input_shapes=None,
-    weights=None,
-    passes: str | None = None,
-    work_dir: str | Path | None = None,
-) -> TuneResult:
-    """``edgeformer tune``: resolve MODEL, run the same pass pipeline ``compile`` runs, tune it.
+def compiled_graph(model, profile, *, input_shapes=None, weights=None, passes: str | None = None):
+    """MODEL as ``compile`` hands it to the target: exported, then the profile's pass pipeline.
 
-    The pipeline must match, since the database is keyed by the rewritten program.
+    Tuning must see exactly this program, since the database is keyed by it.
     """
     from edgeformer.device_profiles import Profile, load_profile
     from edgeformer.passes import PassManager, resolve_pipeline
@@ -515,4 +530,27 @@ def tune_model(
     source = load_model(model, input_shapes=input_shapes, weights=weights)
     pipeline = resolve_pipeline(target.default_pipeline(prof), prof.pipeline.add, prof.pipeline.drop, passes)
     graph, _ = PassManager(pipeline, check=False).run(source.graph)
+    return graph, prof
+
+
+def tuned_trials(graph, profile) -> int:
+    """Trials already stored for this graph's workload under ``profile`` (0 without a database)."""
+    target = tb.make_target(profile)
+    mod, _ = tb.import_graph(graph)
+    db = load_database(database_path(profile, tb.workload_key(mod, target)))
+    return sum(h.get("trials", 0) for h in db.get("history", [])) if db else 0
+
+
+def tune_model(
+    model,
+    profile="host-tvm",
+    *,
+    trials: int | None = None,
+    input_shapes=None,
+    weights=None,
+    passes: str | None = None,
+    work_dir: str | Path | None = None,
+) -> TuneResult:
+    """``edgeformer tune``: resolve MODEL, run the same pass pipeline ``compile`` runs, tune it."""
+    graph, prof = compiled_graph(model, profile, input_shapes=input_shapes, weights=weights, passes=passes)
     return tune(graph, prof, trials=trials, work_dir=work_dir)

@@ -122,8 +122,20 @@ def test_compile_is_deterministic(tmp_path):
     assert (tmp_path / "a/model.so").read_bytes() == (tmp_path / "b/model.so").read_bytes()
 
 
+class Mlp(nn.Module):
+    """Big enough that any tiled schedule beats the naive loops, so a few trials always help."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(256, 256)
+        self.fc2 = nn.Linear(256, 64)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
 def test_tune_writes_database_that_compile_applies(tmp_path):
-    graph, prof = _graph(), _host()
+    graph, prof = _graph(Mlp(), shape=(64, 256), name="mlp"), _host()
     before = get_target("tvm").cache_options(prof)["tuning_database"]
     result = tuning.tune(graph, prof, trials=6)
     db_path = tuning.database_path(prof, result.workload)
@@ -132,11 +144,15 @@ def test_tune_writes_database_that_compile_applies(tmp_path):
     assert db_path.parent.parent.name == prof.name
     data = json.loads(db_path.read_text())
     assert data["format"] == tuning.DB_FORMAT and data["history"][-1]["trials"] == 6
-    assert result.trials == 6 and result.tasks >= 3
+    assert result.trials == 6 and result.tasks >= 2
     # Compile finds the database, applies what it has, and still matches PyTorch.
     compiled = _compile(graph, prof, tmp_path / "tuned")
     tuning_info = compiled.details["tuning"]
-    assert tuning_info["status"] == "tuned" and tuning_info["database"] == str(db_path)
+    assert tuning_info["status"] in (
+        "tuned",
+        f"partly tuned ({tuning_info['tuned_functions']} of {tuning_info['tunable_functions']} functions)",
+    )
+    assert tuning_info["tuned_functions"] > 0 and tuning_info["database"] == str(db_path)
     assert tuning_info["tuned_functions"] == sum(len(r["functions"]) for r in data["records"].values())
     ref = ir.run(graph, graph.example_inputs)[0].numpy()
     out = _run(tmp_path / "tuned", prof, [graph.example_inputs[0].numpy()])[0]
