@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# OpenMP spin-waiting makes torch eager 10-60x slower on a shared machine; see host_latency.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _common import RESULTS, summarize, write_result  # noqa: E402
 

@@ -229,24 +229,28 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    from functools import partial
+
     from edgeformer.compiler import STAGES, compile
 
+    run = partial(
+        compile,
+        args.model,
+        args.profile,
+        args.output,
+        input_shapes=_shapes(args),
+        weights=args.weights,
+        passes=args.passes,
+        check=not args.no_check,
+        dump_ir=args.dump_ir,
+        explain=args.explain,
+        use_cache=not args.no_cache,
+    )
     con = _console(stderr=True)
     if args.json or not con.is_terminal and not args.progress:
         # Not a terminal: no progress display (stages are logged with --verbose), so an error
         # stays the single line on stderr.
-        report = compile(
-            args.model,
-            args.profile,
-            args.output,
-            input_shapes=_shapes(args),
-            weights=args.weights,
-            passes=args.passes,
-            check=not args.no_check,
-            dump_ir=args.dump_ir,
-            explain=args.explain,
-            use_cache=not args.no_cache,
-        )
+        report = run()
     else:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -256,29 +260,13 @@ def cmd_compile(args) -> int:
             task = progress.add_task("starting", total=len(STAGES))
 
             def on_stage(stage: str, msg: str) -> None:
-                progress.update(
-                    task,
-                    description=f"[bold]{stage}[/bold] {msg}",
-                    completed=STAGES.index(stage) if stage in STAGES else 0,
-                )
+                done = STAGES.index(stage) if stage in STAGES else 0
+                progress.update(task, description=f"[bold]{stage}[/bold] {msg}", completed=done)
 
-            report = compile(
-                args.model,
-                args.profile,
-                args.output,
-                input_shapes=_shapes(args),
-                weights=args.weights,
-                passes=args.passes,
-                check=not args.no_check,
-                dump_ir=args.dump_ir,
-                explain=args.explain,
-                use_cache=not args.no_cache,
-                on_stage=on_stage,
-            )
+            report = run(on_stage=on_stage)
             progress.update(task, completed=len(STAGES), description="[bold]done[/bold]")
-    m = report.manifest
     if args.json:
-        _emit_json({"path": str(report.path), "cached": report.cached, "manifest": m.to_dict()})
+        _emit_json({"path": str(report.path), "cached": report.cached, "manifest": report.manifest.to_dict()})
         return 0
     _print_compile_summary(report)
     return 0
