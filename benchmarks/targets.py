@@ -70,8 +70,7 @@ def _dir_bytes(paths) -> int:
 
 def _tvm_skip_reason(model: str) -> str | None:
     """None when TVM should be benchmarked: available, a host-tvm profile, a tuned database."""
-    from edgeformer.device_profiles import load_profile, profile_names
-    from edgeformer.sources import load_model
+    from edgeformer.device_profiles import profile_names
     from edgeformer.targets import get_target
 
     if "host-tvm" not in profile_names():
@@ -84,11 +83,8 @@ def _tvm_skip_reason(model: str) -> str | None:
         return reason
     from edgeformer.targets.tvm import tuning
 
-    profile = load_profile("host-tvm")
-    if not tuning.profile_dir(profile).is_dir():
-        return f"no tuned database for host-tvm in {tuning.profile_dir(profile)} (run `edgeformer tune {model}`)"
-    _, _, key = tuning.prepare(load_model(model).graph, profile)
-    if not tuning.has_database(tuning.database_dir(profile, key)):
+    graph, profile = tuning.compiled_graph(model, "host-tvm")  # the program compile hands to TVM
+    if not tuning.tuned_trials(graph, profile):
         return f"no tuned database for {model} (run `edgeformer tune {model} --profile host-tvm`)"
     return None
 
