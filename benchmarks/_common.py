@@ -13,11 +13,19 @@ RESULTS = Path(os.environ.get("EDGEFORMER_BENCH_DIR", Path(__file__).resolve().p
 
 
 def alternate(
-    candidates: dict[str, Callable[[], object]], *, rounds: int = 10, per_round: int = 5, warmup: int = 3
+    candidates: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 10,
+    per_round: int = 5,
+    warmup: int = 3,
+    settle_s: float = 0.1,
 ) -> dict[str, list[float]]:
     """Time every candidate in interleaved rounds so machine noise hits all of them alike.
 
-    Returns per-call milliseconds per candidate (rounds × per_round samples each).
+    Each block starts after ``settle_s`` of sleep and one untimed call: runtimes keep their worker
+    threads spinning for a while after a call, and without the pause the previous candidate's
+    spinning pool steals the cores from the next one (seen here: ORT right after TVM read 31.6 ms
+    instead of 9 ms).  Returns per-call milliseconds per candidate (rounds × per_round each).
     """
     for fn in candidates.values():
         for _ in range(warmup):
@@ -28,6 +36,8 @@ def alternate(
         order = names if r % 2 == 0 else names[::-1]  # alternate the order too
         for name in order:
             fn = candidates[name]
+            time.sleep(settle_s)
+            fn()
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
