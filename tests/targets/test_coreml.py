@@ -225,13 +225,9 @@ def test_importing_the_target_does_not_import_coremltools():
 
 @pytest.mark.parametrize("name", ["efficientformer_tiny", "poolformer_tiny", "lmuformer_tiny"])
 def test_zoo_tiny_models_convert_and_pass_structural_checks(name, tmp_path):
-    from edgeformer.models import build_model, get_spec
+    from edgeformer.sources import load_model
 
-    spec = get_spec(name)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(name)
-    graph = ir.export(model, spec.example_inputs(), name=name)
+    graph = load_model(name).graph  # seeded zoo build, exported
     result = _compile(graph, load_profile("iphone12-coreml"), tmp_path)
     assert all(result.structural_checks.values()), result.structural_checks
     assert result.details["mil_ops"] > 0

@@ -178,14 +178,10 @@ def test_importing_the_target_does_not_import_executorch():
 
 @pytest.mark.parametrize("name", ["efficientformer_tiny", "poolformer_tiny", "lmuformer_tiny"])
 def test_zoo_tiny_models_match_pytorch(name, tmp_path):
-    from edgeformer.models import build_model, get_spec
+    from edgeformer.sources import load_model
 
-    spec = get_spec(name)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(name)
-    inputs = spec.example_inputs()
-    graph = ir.export(model, inputs, name=name)
+    graph = load_model(name).graph  # seeded zoo build, exported
+    inputs = graph.example_inputs
     profile = load_profile("host-executorch")
     result = _compile(graph, profile, tmp_path)
     assert result.details["delegated_ops"] > 0
