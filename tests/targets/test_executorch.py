@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +13,7 @@ from torch import nn
 from edgeformer import ir
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
-from edgeformer.targets import base, get_target
+from edgeformer.targets import get_target
 
 
 class Tiny(nn.Module):
@@ -156,24 +154,6 @@ def test_android_profile_compiles_but_says_it_needs_the_device(tmp_path):
     assert reason and "arm64 Android" in reason
     with pytest.raises(UserError, match="arm64 Android"):
         target.load(tmp_path, None, profile)
-
-
-def test_missing_sdk_gives_the_install_command(monkeypatch):
-    real = base.dist_version
-    monkeypatch.setattr(base, "dist_version", lambda d: None if d == "executorch" else real(d))
-    target = get_target("executorch")
-    reason = target.is_available()
-    assert reason == "executorch not installed: pip install 'edgeformer[executorch]'"
-    assert target.can_run_here(load_profile("host-executorch")) == reason
-
-
-def test_importing_the_target_does_not_import_executorch():
-    code = (
-        "import sys, edgeformer.targets.executorch as m; m.ExecuTorchTarget().is_available(); "
-        "print('executorch' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
 
 
 @pytest.mark.parametrize("name", ["efficientformer_tiny", "poolformer_tiny", "lmuformer_tiny"])

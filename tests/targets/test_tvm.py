@@ -88,20 +88,6 @@ def _run(out_dir, profile, inputs):
         runner.close()
 
 
-def test_tvm_is_installed_and_import_stays_lazy():
-    assert get_target("tvm").is_available() is None
-    code = "import sys, edgeformer.targets.tvm; sys.exit(1 if 'tvm' in sys.modules else 0)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-def test_missing_tvm_names_the_extra(monkeypatch):
-    import edgeformer.targets.base as base
-
-    monkeypatch.setattr(base, "dist_version", lambda dist: None if dist == "apache-tvm" else "1.0")
-    reason = get_target("tvm").is_available()
-    assert "apache-tvm not installed" in reason and "edgeformer[tvm]" in reason
-
-
 def test_compile_matches_pytorch_within_1e4_and_says_untuned(tmp_path, caplog):
     graph, prof = _graph(), _host()
     with caplog.at_level(logging.WARNING, logger="edgeformer.targets.tvm"):
