@@ -52,6 +52,9 @@ state.thread.join()
 
 _SERVER = r"""
 import json, os, platform, sys
+# TVM's default pool is half the logical CPUs on x86 (it assumes SMT): use every CPU we may.
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+os.environ.setdefault("TVM_NUM_THREADS", str(_CPUS))
 import tvm_ffi
 from tvm.rpc.server import PopenRPCServerState
 

@@ -173,7 +173,8 @@ def _param_vars(mod):
 
 
 def lower(mod, target):
-    """Decompose, legalize and fuse into TIR functions: the workloads tuning sees.
+    """Decompose, use vectorisable GELU/erf, legalize and fuse into TIR functions: the workloads
+    tuning sees.
 
     Weights and constants are marked layout-free, so tuned schedules may pre-pack them; the
     packing then folds into the constants at build time.
@@ -181,10 +182,13 @@ def lower(mod, target):
     import tvm
     from tvm import relax
 
+    from .fast_math import fast_math
+
     seq = tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
+            fast_math(),  # vectorisable GELU/erf/tanh instead of scalar libm calls (fast_math.py)
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
             relax.transform.LegalizeOps(),
