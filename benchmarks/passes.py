@@ -37,11 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, summarize, write_result  # noqa: E402
 
 
-def interleave(candidates: dict, *, rounds: int, per_round: int, seed: int = 0) -> dict[str, list[list[float]]]:
-    """Alternating A/B/... rounds in a fresh random order each round; one untimed call per switch.
+def interleave(
+    candidates: dict, *, rounds: int, per_round: int, seed: int = 0, settle_s: float = 0.0
+) -> dict[str, list[list[float]]]:
+    """Alternating A/B/... rounds in a fresh random order each round; a pause of ``settle_s`` and one
+    untimed call per switch.
 
-    The untimed call absorbs the switch (caches, a previous session's threads winding down), so no
-    candidate profits from its place in the order.  Returns per-round lists of milliseconds.
+    The pause lets the previous session's spinning threads go idle; the untimed call absorbs the
+    switch (caches), so no candidate profits from its place in the order.  Returns per-round lists
+    of milliseconds.
     """
     import random
 
@@ -53,6 +57,7 @@ def interleave(candidates: dict, *, rounds: int, per_round: int, seed: int = 0) 
     for _ in range(rounds):
         rng.shuffle(names)
         for n in names:
+            time.sleep(settle_s)
             candidates[n]()
             got = []
             for _ in range(per_round):
@@ -118,7 +123,7 @@ def variants(graph, after, target, pipeline, records, ablation: bool = True) -> 
     return graphs
 
 
-def ort_candidates(graphs, threads, tmp: Path):
+def ort_candidates(graphs, threads, tmp: Path, spinning: bool = True):
     import onnx
     import onnxruntime as ort
 
@@ -130,8 +135,8 @@ def ort_candidates(graphs, threads, tmp: Path):
         export_onnx(g, path)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        # idle sessions must not spin on the shared cores while another variant is timed
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not spinning:  # ORT's default spins; --ort-spinning off measures the sleeping pool instead
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), g.example_inputs)}
@@ -188,11 +193,11 @@ def bench_model(name, runtimes, args) -> dict:
         graphs = variants(graph, after, target, pipeline, records, args.ablation)
         with tempfile.TemporaryDirectory(prefix="edgeformer-passes-") as tmp:
             runs, counts = (
-                ort_candidates(graphs, args.threads, Path(tmp))
+                ort_candidates(graphs, args.threads, Path(tmp), args.ort_spinning == "on")
                 if rt == "ort"
                 else openvino_candidates(graphs, args.threads)
             )
-            rounds = interleave(runs, rounds=args.rounds, per_round=args.per_round)
+            rounds = interleave(runs, rounds=args.rounds, per_round=args.per_round, settle_s=args.settle)
         stats = summarize({k: [t for r in v for t in r] for k, v in rounds.items()})
         result["runtimes"][rt] = {
             "pipeline": pipeline,
@@ -255,6 +260,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--per-round", type=int, default=3)
+    ap.add_argument(
+        "--ort-spinning",
+        choices=("on", "off"),
+        default="on",
+        help="ORT intra-op threads spin between ops (its default, what the host-ort artifact gets) or sleep",
+    )
+    ap.add_argument("--settle", type=float, default=0.1, help="seconds of pause before each timed block")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false", help="time before/after only")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")

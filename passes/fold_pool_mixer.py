@@ -30,7 +30,18 @@ divisor_override or a stride other than 1; the subtraction is not ``pool(y) − 
 output has users besides the pool and the subtraction; the norm is not a GroupNorm (per-channel
 affine on axis 1); γ or β is not constant.
 
-Options: ``dw_conv`` (bool, default False) rewrites pool − identity as a depthwise conv.
+With ``branch_convs=True`` (ONNX Runtime's pipeline) the block ``x + c ⊙ (pool(y) − y)`` becomes
+``dwconv1x1(pool(y), c) + (dwconv1x1(y, −c) + x)``: the same sum, distributed, with each per-channel
+scale as a depthwise 1×1 conv.  ORT's NCHWc layout transformer keeps convs, pools and adds of
+equal shapes in its blocked layout and folds an add into the conv that feeds it, but runs Sub and
+a broadcast Mul in plain NCHW, so the mixer used to cost a reorder out of and back into the blocked
+layout plus three elementwise passes; after it, the residual stream stays blocked and both adds
+ride in the convs.  PoolFormer-S12 on ORT (benchmarks/passes.py, 2 threads): see the pipeline
+note in passes/__init__.py.  OpenVINO gains nothing from it, so only ORT turns it on.
+
+Options: ``dw_conv`` (bool, default False) rewrites pool − identity as a depthwise conv;
+``branch_convs`` (bool, default False) distributes the layer scale over the two branches as
+depthwise 1×1 convs.  At most one of them.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import fx
+
+from edgeformer.errors import UserError
 
 from ._affine import per_channel
 from ._graph import Editor, arg, is_op, set_arg, shape
@@ -79,8 +92,11 @@ class FoldPoolMixer(Pass):
     @dataclass
     class Options:
         dw_conv: bool = False
+        branch_convs: bool = False
 
     def run(self, graph) -> PassResult:
+        if self.options.dw_conv and self.options.branch_convs:
+            raise UserError("fold_pool_mixer: dw_conv and branch_convs are two forms of one rewrite; pick one")
         ed = Editor(graph)
         for pool in [n for n in ed.graph.nodes if is_op(n, "aten.avg_pool2d")]:
             y = arg(pool, "self")
@@ -99,6 +115,8 @@ class FoldPoolMixer(Pass):
                 mul, c = folded
             if self.options.dw_conv:
                 self._to_dw_conv(ed, pool, sub, y, mul, c)
+            elif self.options.branch_convs:
+                self._to_branch_convs(ed, pool, sub, y, mul, c)
             elif folded is None:
                 continue
             ed.match(pool, sub, *([mul] if mul is not None else []))
@@ -152,3 +170,27 @@ class FoldPoolMixer(Pass):
         ident = ed.call(aten.mul.Tensor, (y, cvec), before=anchor, like=sub)
         out = ed.call(aten.sub.Tensor, (avg, ident), before=anchor, like=sub)
         ed.replace(anchor, out)
+
+    def _to_branch_convs(self, ed, pool, sub, y, mul, c):
+        """``x + c ⊙ (pool(y) − y)`` → ``dw1x1(pool(y), c) + (dw1x1(y, −c) + x)``."""
+        ch = shape(y)[1]
+        dtype = y.meta["val"].dtype
+        c = c.double() if c is not None else torch.ones(ch, dtype=torch.float64)
+        w_pos = ed.add_param("pool_branch.scale", c.reshape(ch, 1, 1, 1).to(dtype))
+        w_neg = ed.add_param("pool_branch.neg_scale", (-c).reshape(ch, 1, 1, 1).to(dtype))
+        ed.params_folded += 2
+        anchor = mul if mul is not None else sub
+        users = list(anchor.users)
+        residual = users[0] if len(users) == 1 and is_op(users[0], "aten.add") else None
+        if residual is not None:
+            others = [a for a in residual.args[:2] if a is not anchor]
+            if arg(residual, "alpha") != 1 or len(others) != 1 or shape(others[0]) != shape(anchor):
+                residual = None
+        conv = (aten.conv2d.default, [1, 1], [0, 0], [1, 1], ch)
+        at = residual if residual is not None else anchor
+        neg = ed.call(conv[0], (y, w_neg, None, *conv[1:]), before=at, like=sub)
+        if residual is not None:
+            neg = ed.call(aten.add.Tensor, (neg, others[0]), before=at, like=residual)
+        pos = ed.call(conv[0], (pool, w_pos, None, *conv[1:]), before=at, like=pool)
+        out = ed.call(aten.add.Tensor, (pos, neg), before=at, like=at)
+        ed.replace(at, out)

@@ -190,10 +190,15 @@ def test_every_target_default_pipeline_holds_each_exact_pass_once():
 
 def test_target_options_are_limited_to_the_pipeline_and_accepted_by_the_manager():
     pipeline = default_pipeline("onnxruntime")
-    assert default_options("onnxruntime", pipeline) == {"lower_group_norm": {"form": "instance_norm"}}
-    assert default_options("onnxruntime", [n for n in pipeline if n != "lower_group_norm"]) == {}
+    assert default_options("onnxruntime", pipeline) == {
+        "fold_pool_mixer": {"branch_convs": True},
+        "lower_group_norm": {"form": "instance_norm"},
+    }
+    others = [n for n in pipeline if n not in ("lower_group_norm", "fold_pool_mixer")]
+    assert default_options("onnxruntime", others) == {}
     pm = PassManager(pipeline, options=default_options("onnxruntime", pipeline))
     assert next(p for p in pm.passes if p.name == "lower_group_norm").options.form == "instance_norm"
+    assert next(p for p in pm.passes if p.name == "fold_pool_mixer").options.branch_convs is True
 
 
 def test_describe_passes_lists_names_summaries_and_exactness():
