@@ -9,9 +9,10 @@ For EfficientFormer-L1 and PoolFormer-S12 (224×224, batch 1, fp32, 2 threads), 
   ``compile_model`` CPU, f32);
 - per-pass contribution by leave-one-out (the pipeline without that pass, timed alongside), and
   the opt-in depthwise-conv form of the pool mixer (``fold_pool_mixer dw_conv=True``);
-- all variants timed in alternating rounds, random order per round, an untimed call at each
-  switch, ORT thread spinning off (idle sessions would otherwise steal the cores of the one being
-  timed); the machine is shared, so only same-run ratios count.
+- all variants timed in alternating rounds, random order per round, a 0.1 s pause and an untimed
+  call at each switch (the previous session's spinning threads go idle first); ORT keeps its
+  default spinning threads, as the host-ort artifact runs (``--ort-spinning off`` to compare); the
+  machine is shared, so only same-run ratios count.
 
 Writes bench-results/passes.json (entries of other models already there are kept).
 
