@@ -193,50 +193,20 @@ def test_op_type_names_fused_kernels():
     assert op_type("vm.builtin.alloc_storage") == "vm.builtin.alloc_storage"
 
 
-def test_running_tvm_leaves_the_process_cpu_affinity_alone(tmp_path):
-    """TVM pins its calling thread to one core unless told not to; ORT sessions made afterwards
-    then inherited that one-core mask and ran 3.6x slower (9 ms → 31.6 ms on EfficientFormer-L1)."""
+def _in_fresh_process(tmp_path, tail: str, env: dict | None = None) -> str:
+    """In a new Python process: compile the small graph for 2 threads, then run ``tail`` (which sees
+    ``t`` = this module, ``g``, ``out`` and ``before`` = the affinity at start); its last line."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("this check needs at least 2 usable cores")
     code = (
-        "import os, sys, torch\n"
+        "import os, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "import test_tvm as t\n"
+        "from pathlib import Path\n"
         "before = os.sched_getaffinity(0)\n"
-        "g = t._graph()\n"
-        "from pathlib import Path\nout = Path(sys.argv[2])\n"
-        "t._compile(g, t._host(threads=2), out)\n"
-        "t._run(out, t._host(threads=2), [x.numpy() for x in g.example_inputs])\n"
-        "print(sorted(before) == sorted(os.sched_getaffinity(0)))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "a")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "True", "TVM changed the process's CPU affinity"
-
-
-def test_thread_pool_has_the_profiles_threads_on_a_machine_without_smt(tmp_path):
-    """TVM sizes its pool from half the logical CPUs on x86 (it assumes hyper-threading), and
-    ``config_threadpool`` can only shrink it: on a 2-vCPU machine every kernel ran on ONE thread
-    (tuned L1 34 ms instead of 17.7 ms).  A fresh process, no TVM_NUM_THREADS in its environment."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.fail("this check needs at least 2 usable cores")
-    code = (
-        "import sys\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "import test_tvm as t\n"
-        "from pathlib import Path\nfrom edgeformer.targets import get_target\n"
         "g = t._graph()\nout = Path(sys.argv[2])\n"
-        "t._compile(g, t._host(threads=2), out)\n"
-        "r = get_target('tvm').load(out, None, t._host(threads=2))\n"
-        "r.run([x.numpy() for x in g.example_inputs])\n"
-        "print(r.settings()['runtime_threads'])\n"
+        "t._compile(g, t._host(threads=2), out)\n" + tail
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
     proc = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "a")],
         capture_output=True,
@@ -245,7 +215,31 @@ def test_thread_pool_has_the_profiles_threads_on_a_machine_without_smt(tmp_path)
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "2"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_running_tvm_leaves_the_process_cpu_affinity_alone(tmp_path):
+    """TVM pins its calling thread to one core unless told not to; ORT sessions made afterwards
+    then inherited that one-core mask and ran 3.6x slower (9 ms → 31.6 ms on EfficientFormer-L1)."""
+    tail = (
+        "t._run(out, t._host(threads=2), [x.numpy() for x in g.example_inputs])\n"
+        "print(sorted(before) == sorted(os.sched_getaffinity(0)))\n"
+    )
+    assert _in_fresh_process(tmp_path, tail) == "True", "TVM changed the process's CPU affinity"
+
+
+def test_thread_pool_has_the_profiles_threads_on_a_machine_without_smt(tmp_path):
+    """TVM sizes its pool from half the logical CPUs on x86 (it assumes hyper-threading), and
+    ``config_threadpool`` can only shrink it: on a 2-vCPU machine every kernel ran on ONE thread
+    (tuned L1 34 ms instead of 17.7 ms).  A fresh process, no TVM_NUM_THREADS in its environment."""
+    tail = (
+        "from edgeformer.targets import get_target\n"
+        "r = get_target('tvm').load(out, None, t._host(threads=2))\n"
+        "r.run([x.numpy() for x in g.example_inputs])\n"
+        "print(r.settings()['runtime_threads'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    assert _in_fresh_process(tmp_path, tail, env) == "2"
 
 
 class Activations(nn.Module):
