@@ -25,11 +25,24 @@ log = logging.getLogger(__name__)
 
 
 def set_threads(threads: int) -> None:
-    """Size TVM's runtime thread pool (0 = TVM's default: one thread per physical core)."""
+    """Size TVM's runtime thread pool (0 = TVM's default: one thread per physical core).
+
+    The pool can only shrink: if something ran TVM kernels before ``edgeformer.targets.tvm``
+    set TVM_NUM_THREADS, it may be smaller than asked, and that is worth a warning.
+    """
     if threads:
         import tvm
 
         tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        got = int(tvm.get_global_func("runtime.NumThreads")())
+        if got < threads:
+            log.warning(
+                "TVM's thread pool has %d thread(s), not the %d asked for (TVM_NUM_THREADS says so, or "
+                "TVM ran kernels before edgeformer sized the pool); set TVM_NUM_THREADS=%d before importing tvm",
+                got,
+                threads,
+                threads,
+            )
 
 
 def flatten(out) -> list:
