@@ -8,6 +8,7 @@ versions, tolerances) makes an identical re-compile free, and says so.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -78,9 +79,28 @@ def _cache_key(graph: ir.Graph, pipeline: list[str], target, profile: Profile, m
         "versions": target.versions(),
         "torch": _torch_version(),
         "edgeformer": edgeformer.__version__,
+        "code": _code_digest(),
         "weights": (model_info.get("weights") or {}).get("sha256"),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """sha256 of edgeformer's own sources (package, passes, targets, profiles): a changed pass or
+    target option is a different compile even at the same version number (an edited checkout)."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for mod in ("edgeformer", "edgeformer.passes", "edgeformer.targets", "edgeformer.profiles"):
+        spec = importlib.util.find_spec(mod)
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        for root in roots:
+            for path in sorted(Path(root).rglob("*")):
+                if path.suffix in (".py", ".toml", ".json") and "__pycache__" not in path.parts:
+                    h.update(path.relative_to(root).as_posix().encode())
+                    h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _torch_version() -> str:

@@ -48,6 +48,16 @@ def test_repeated_identical_compile_is_skipped_and_says_so(user_models):
     read_manifest(user_models / "elsewhere")
 
 
+def test_cache_key_changes_when_edgeformers_code_changes(user_models, monkeypatch):
+    """An edited pass or target option at the same version number must not return the old artifact."""
+    from edgeformer import compiler as compiler_module
+
+    a = compile("mymodels:tiny", "host-ort", user_models / "a", input_shapes=[(1, 3, 16, 16)])
+    monkeypatch.setattr(compiler_module, "_code_digest", lambda: "another checkout")
+    b = compile("mymodels:tiny", "host-ort", user_models / "b", input_shapes=[(1, 3, 16, 16)])
+    assert not b.cached and a.manifest.cache_key != b.manifest.cache_key
+
+
 def test_cache_key_changes_with_options(user_models):
     a = compile("mymodels:tiny", "host-ort", user_models / "a", input_shapes=[(1, 3, 16, 16)])
     prof = load_profile("host-ort")
