@@ -7,7 +7,7 @@ InferenceSession, same threads) in ONE process with alternating rounds.  Prints 
 tuning time and the TVM/ORT median ratio; the goal is ≤ 1.5.  Writes bench-results/tvm_tuning.json.
 
 ``--trials N`` is the total wanted in the cached database: a run tunes only what is missing
-(here, from an empty cache: 2,000 trials in 29 minutes gave 1.46x ORT; 5,000 trials 1.30x;
+(here, from an empty cache: 2,000 trials in 24 minutes gave 1.40x ORT; 5,000 trials 1.30x;
 later runs only measure).  ``--more M`` adds M
 trials on top.  The JSON records the total trials and tuning time.
 
