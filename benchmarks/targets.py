@@ -34,30 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # OpenMP spin-waiting makes torch eager 10-60x slower on a shared machine; see host_latency.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import RESULTS, summarize, write_result  # noqa: E402
+from _common import RESULTS, alternate, summarize, write_result  # noqa: E402
 
 MODELS = ("efficientformer_l1", "poolformer_s12", "lmuformer")
 PROFILES = ("host-ort", "host-openvino", "host-executorch", "host-tvm")
-
-
-def alternate_settled(candidates: dict, *, rounds: int, per_round: int, settle_s: float = 0.1) -> dict:
-    """Alternating rounds like ``_common.alternate``, but each block starts after a pause and one
-    untimed call: ORT, OpenVINO and OpenMP keep their worker threads spinning for a while after a
-    run, which on a 2-core machine would slow whichever candidate comes next."""
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    names = list(candidates)
-    for fn in candidates.values():
-        fn()
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fn = candidates[name]
-            time.sleep(settle_s)
-            fn()
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return samples
 
 
 def _dir_bytes(paths) -> int:
@@ -206,7 +186,7 @@ def bench_model(name: str, rounds: int, per_round: int, profiles: list[str]) -> 
                 or None,
             }
         with torch.inference_mode():
-            samples = alternate_settled(candidates, rounds=rounds, per_round=per_round)
+            samples = alternate(candidates, rounds=rounds, per_round=per_round, warmup=1)
         for runner in runners:
             runner.close()
     stats = summarize(samples)
