@@ -263,27 +263,22 @@ def serve(
             "prefer 127.0.0.1 with an SSH tunnel",
             host,
         )
-    server = start_server(tracker, key, host, port, threads=threads)
-    if on_ready:
-        on_ready(server)
-    try:
-        while server.alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    _foreground(start_server(tracker, key, host, port, threads=threads), on_ready)
 
 
 def serve_tracker(host: str = DEFAULT_HOST, port: int = 9190, *, on_ready=None) -> None:
     """Run a tracker in the foreground until interrupted (``on_ready(tracker)`` once it listens)."""
-    tracker = start_tracker(host, port)
-    if on_ready:
-        on_ready(tracker)
+    _foreground(start_tracker(host, port), on_ready)
+
+
+def _foreground(proc: RpcProcess, on_ready) -> None:
+    """Call ``on_ready(proc)``, then wait until it exits or Ctrl-C, and stop it either way."""
     try:
-        while tracker.alive():
+        if on_ready:
+            on_ready(proc)
+        while proc.alive():
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        tracker.stop()
+        proc.stop()

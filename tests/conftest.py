@@ -9,6 +9,17 @@ import torch
 
 torch.set_num_threads(2)
 
+
+@pytest.fixture
+def one_thread():
+    """These tests run many small ops; on a shared 2-core machine a second OpenMP thread only
+    spin-waits (3-10× slower under load). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 FACTORY_SOURCE = textwrap.dedent(
     """
     import torch

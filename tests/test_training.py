@@ -13,15 +13,8 @@ from edgeformer.errors import UserError
 from edgeformer.models import build_model
 from edgeformer.training import RECIPES, digits_dataset, evaluate, load_trained, save_weights, sidecar_path, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small ops; on a shared 2-core machine a second OpenMP thread only
-    spin-waits (3-10× slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# many small ops: one torch thread (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_digits_split_is_fixed_stratified_and_held_out():

@@ -25,15 +25,8 @@ from edgeformer.models.ecoformer import (
 )
 from edgeformer.models.pvt_v2 import SRAttention, pvt_v2_b0
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small ops; on a shared 2-core machine a second OpenMP thread only
-    spin-waits (3-10× slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# many small ops: one torch thread (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clustered_tokens(batch=8, heads=2, n=64, d=16, clusters=6, seed=0):

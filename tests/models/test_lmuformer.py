@@ -22,14 +22,8 @@ from edgeformer.models.lmuformer import (
 TINY = dict(in_channels=8, dim=32, seq_len=12, num_classes=10)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small ops; on a shared 2-core machine a second OpenMP thread only
-    spin-waits (3-10× slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# many small ops: one torch thread (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def calibrate_bn(model: torch.nn.Module, x: torch.Tensor, seed: int = 1) -> torch.nn.Module:

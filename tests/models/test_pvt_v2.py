@@ -9,15 +9,8 @@ from edgeformer import ir
 from edgeformer.models import build_model, get_spec
 from edgeformer.models.pvt_v2 import PyramidVisionTransformerV2, SRAttention, pvt_v2_b0
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small ops; on a shared 2-core machine a second OpenMP thread only
-    spin-waits (3-10× slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# many small ops: one torch thread (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pvt_v2_b0_has_3_666_760_parameters_for_1000_classes():

@@ -174,3 +174,23 @@ def test_stopped_processes_release_their_ports():
     with socket.socket() as s:  # the tracker's port is free again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", tracker.port))
+
+
+def test_foreground_tracker_stops_when_its_process_ends_or_on_ready_fails():
+    """``edgeformer rpc-server --tracker-only``: runs until the process ends, and never leaks it."""
+    seen = []
+
+    def ready(proc):
+        seen.append(proc)
+        proc.stop()
+
+    rpc.serve_tracker("127.0.0.1", 0, on_ready=ready)
+    assert len(seen) == 1 and seen[0].address.startswith("127.0.0.1:") and not seen[0].alive()
+
+    def broken(proc):
+        seen.append(proc)
+        raise RuntimeError("on_ready failed")
+
+    with pytest.raises(RuntimeError, match="on_ready failed"):
+        rpc.serve_tracker("127.0.0.1", 0, on_ready=broken)
+    assert not seen[1].alive(), "the tracker outlived a failing on_ready"
