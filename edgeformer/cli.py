@@ -303,6 +303,12 @@ def _print_compile_summary(report) -> None:
     for p in m.passes:
         for line in p.get("details", {}).get("explain", []):
             con.print(f"  {p['name']}: {line}", markup=False)
+    layout = m.target_details.get("ort_blocked_layout") or {}
+    if layout.get("norms_on_blocked_layout"):
+        con.print(
+            f"onnxruntime layout: {layout['norms_on_blocked_layout']} norms run on blocked NCHWc tensors, "
+            f"{layout['reorders_removed']} reorders removed"
+        )
     n = m.numerics
     if n.status == "skipped":
         con.print(f"numerics: [yellow]skipped[/yellow] ({n.reason})")

@@ -1,7 +1,10 @@
 """ONNX Runtime: the embedded default target.
 
 IR → ``torch.onnx.export(ep, dynamo=True)`` → ``model.onnx`` → ORT-optimized ``model.ort`` (the
-mobile format) → InferenceSession on the CPU execution provider.
+mobile format) → InferenceSession on the CPU execution provider.  At optimization level "all"
+edgeformer also rewrites ORT's own optimized graph: norms over a whole sample run on the blocked
+NCHWc tensors instead of being reordered out and back (``_ort_blocked.py``); the manifest's
+``ort_blocked_layout`` says what changed, and the compile's numerics check covers it.
 
 Options read from the profile: ``threads`` (0 = ORT's default), ``optimization_level``
 (disable/basic/extended/all; "all" adds layout transforms specific to this CPU, so use "extended"
@@ -44,11 +47,11 @@ _LEVELS = {
 
 _CONVERT = r"""
 import sys, onnxruntime as ort
-src, dst, level, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+src, dst, level, threads, fmt = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 so = ort.SessionOptions()
 so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
 so.optimized_model_filepath = dst
-so.add_session_config_entry("session.save_model_format", "ORT")
+so.add_session_config_entry("session.save_model_format", fmt)
 so.intra_op_num_threads = 1
 so.log_severity_level = 3
 ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
@@ -114,8 +117,42 @@ def _source_of(graph, op: str) -> str:
     return ""
 
 
-def _convert_to_ort(src: Path, dst: Path, level: str) -> None:
-    cmd = [sys.executable, "-c", _CONVERT, str(src), str(dst), _LEVELS[level], "1"]
+# Beyond this the optimized graph no longer fits one protobuf (2 GB) and is left as ORT wrote it.
+_MAX_REWRITE_BYTES = 1_800_000_000
+
+
+def optimize_for_host(src: Path, dst: Path, level: str, fmt: str = "ORT") -> dict:
+    """ORT's own graph optimization of ``src`` at ``level``, then ours on top of it, saved to ``dst``.
+
+    At level "all" ORT's layout transformer writes CPU-specific NCHWc nodes; the graph it saved is
+    then rewritten by :func:`edgeformer.targets._ort_blocked.run_norms_blocked` (norms run on the
+    blocked layout, without reorders) and converted again.  Returns that rewrite's report (empty
+    for other levels).  ``fmt`` is "ORT" (the mobile format) or "ONNX".
+    """
+    if level != "all":
+        _ort_subprocess(src, dst, level, fmt)
+        return {}
+    import onnx
+
+    from ._ort_blocked import run_norms_blocked
+
+    with tempfile.TemporaryDirectory(prefix=".ort-opt-", dir=dst.parent) as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        _ort_subprocess(src, optimized, level, "ONNX")
+        if optimized.stat().st_size > _MAX_REWRITE_BYTES:
+            _ort_subprocess(src, dst, level, fmt)
+            return {"skipped": "the optimized graph is too large for one protobuf"}
+        model = onnx.load(str(optimized))
+        report = run_norms_blocked(model)
+        if report.rewritten:
+            onnx.save(model, str(optimized))
+        # ORT optimizes once more on load; on this graph that changes nothing (checked by tests).
+        _ort_subprocess(optimized, dst, level, fmt)
+    return report.to_dict()
+
+
+def _ort_subprocess(src: Path, dst: Path, level: str, fmt: str) -> None:
+    cmd = [sys.executable, "-c", _CONVERT, str(src), str(dst), _LEVELS[level], "1", fmt]
     setarch = shutil.which("setarch")
     if setarch and platform.system() == "Linux":
         cmd = [setarch, platform.machine(), "-R", *cmd]
@@ -200,7 +237,7 @@ class OnnxRuntimeTarget(Target):
     def compile(self, graph, profile, out_dir: Path) -> CompileResult:
         onnx_path = out_dir / "model.onnx"
         export_onnx(graph, onnx_path)
-        _convert_to_ort(onnx_path, out_dir / "model.ort", profile.options.optimization_level)
+        layout = optimize_for_host(onnx_path, out_dir / "model.ort", profile.options.optimization_level)
         import onnx
 
         model = onnx.load(str(onnx_path), load_external_data=False)
@@ -215,6 +252,7 @@ class OnnxRuntimeTarget(Target):
                 "onnx_op_histogram": dict(sorted(hist.items())),
                 "ort_optimization_level": profile.options.optimization_level,
                 "ort_format_portable": profile.options.optimization_level != "all",
+                **({"ort_blocked_layout": layout} if layout else {}),
             },
         )
 
