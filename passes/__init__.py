@@ -94,7 +94,9 @@ TARGET_PIPELINES: dict[str, str] = {
 # 1x1 convs its NCHWc layout engine keeps the residual stream blocked and folds the adds into the
 # convs.  Over the plain export, 2 threads: PoolFormer-S12 x1.057 -> x1.075, EfficientFormer-L1
 # x1.02 -> x1.063 (x1.080 and x1.142 with ORT's threads sleeping between ops: fewer ops count more
-# there).  OpenVINO fuses the plain form itself.  The dw_conv form stays off everywhere: it
+# there).  On the host-ort artifact the ORT target then runs the norms on its blocked tensors
+# (targets/_ort_blocked.py), which removes the last 48 reorders of PoolFormer-S12.  OpenVINO
+# fuses the plain form itself.  The dw_conv form stays off everywhere: it
 # measured slower or equal on both runtimes (more ops than the pool it replaces).
 TARGET_OPTIONS: dict[str, dict[str, dict]] = {
     "onnxruntime": {"fold_pool_mixer": {"branch_convs": True}, "lower_group_norm": {"form": "instance_norm"}},
