@@ -376,6 +376,10 @@ _PUBLISHED = {  # README: params, MACs
 }
 # Exact counts of this implementation (incl. dist_head), checked by the tests.  They equal the
 # official/timm models (timm cards: 3.6M, 6.2M, 12.7M, 26.3M); the README figures are lower.
+# They are rounded labels, not counts: the official source tags its expansion-ratio tables
+# "# 3.5m", "# 6.1m", "# 12m" (S2, whose README says 12.6M).  No counting convention brings S0
+# within 1% of 3.5M: all parameters +2.86%, BN folded +1.46%, thop-style leaf modules only +2.72%,
+# without dist_head -2.19% (S1: +1.40 / +0.24 / +1.30 / -2.29%).
 _PARAMS = {"s0": 3_600_256, "s1": 6_185_560, "s2": 12_710_112, "l": 26_322_288, "tiny": 194_540}
 # MACs from edgeformer.ir's summary at input_shapes (conv/linear/matmul; bilinear upsample not
 # counted); tiny is re-measured by the tests, the rest were measured once.
