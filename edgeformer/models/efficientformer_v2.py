@@ -361,6 +361,36 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+def authors_param_count(model: nn.Module, example: torch.Tensor) -> int:
+    """Parameters as the EfficientFormer authors count them for their README (their toolbox.py).
+
+    Their profiler hooks the layers that run in one forward pass and adds, per call: a Conv2d's
+    weight plus ``in_channels / groups`` (its stand-in for the bias, counted whether or not the
+    conv has one), a Linear's weight and bias, a LayerNorm's weight and bias.  BatchNorm, layer
+    scales and attention biases are left out ("fused at inference"); the distillation head is in.
+    On V2 this gives 3,534,553 / 6,092,480 / 12,551,405 / 26,068,650 for S0 / S1 / S2 / L: the
+    README's 3.5 / 6.1 / 12.6 / 26.1M, while ``sum(p.numel())`` gives 3.60 / 6.19 / 12.71 / 26.32M
+    (timm's cards).  The official source labels S0's table "# 3.5m" and S2's "# 12m".
+    """
+    counted: list[int] = []
+
+    def hook(module, _inputs, _output) -> None:
+        if isinstance(module, nn.Conv2d):
+            counted.append(module.weight.numel() + module.weight.shape[1])
+        elif isinstance(module, (nn.Linear, nn.LayerNorm)):
+            counted.append(module.weight.numel() + (module.bias.numel() if module.bias is not None else 0))
+
+    kinds = (nn.Conv2d, nn.Linear, nn.LayerNorm)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(counted)
+
+
 def build(name: str, **kwargs) -> EfficientFormerV2:
     """Build ``efficientformer_v2_<size>`` with random weights; kwargs override the config."""
     model = EfficientFormerV2(**{**CONFIGS[name], **kwargs})
@@ -375,11 +405,8 @@ _PUBLISHED = {  # README: params, MACs
     "l": (26.1e6, 2.56e9),
 }
 # Exact counts of this implementation (incl. dist_head), checked by the tests.  They equal the
-# official/timm models (timm cards: 3.6M, 6.2M, 12.7M, 26.3M); the README figures are lower.
-# They are rounded labels, not counts: the official source tags its expansion-ratio tables
-# "# 3.5m", "# 6.1m", "# 12m" (S2, whose README says 12.6M).  No counting convention brings S0
-# within 1% of 3.5M: all parameters +2.86%, BN folded +1.46%, thop-style leaf modules only +2.72%,
-# without dist_head -2.19% (S1: +1.40 / +0.24 / +1.30 / -2.29%).
+# official/timm models (timm cards: 3.6M, 6.2M, 12.7M, 26.3M).  The README's figures are not
+# ``sum(p.numel())`` but the authors' profiler count (see :func:`authors_param_count`).
 _PARAMS = {"s0": 3_600_256, "s1": 6_185_560, "s2": 12_710_112, "l": 26_322_288, "tiny": 194_540}
 # MACs from edgeformer.ir's summary at input_shapes (conv/linear/matmul; bilinear upsample not
 # counted); tiny is re-measured by the tests, the rest were measured once.

@@ -42,8 +42,35 @@ def test_param_count_matches_spec_and_published(models, size):
     n = sum(p.numel() for p in models[size].parameters())
     assert n == spec.params
     assert abs(n - TIMM_PARAMS[size]) / TIMM_PARAMS[size] < 5e-3
-    # The README figures (3.5/6.1/12.6/26.1M) sit 0.9-2.9% below the official model's count.
+    # The README figures (3.5/6.1/12.6/26.1M) sit 0.9-2.9% below sum(numel): they are the
+    # authors' profiler count, checked in the next test.
     assert abs(n - spec.published_params) / spec.published_params < 0.03
+
+
+# The authors' toolbox.py count (conv/linear/LN weights + their bias rule; no BN, layer scale or
+# attention bias), the one their README quotes.
+AUTHORS_PARAMS = {"s0": 3_534_553, "s1": 6_092_480, "s2": 12_551_405, "l": 26_068_650}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_authors_param_count_is_within_1_percent_of_published(models, size):
+    from edgeformer.models.efficientformer_v2 import authors_param_count
+
+    n = authors_param_count(models[size], torch.randn(1, 3, 224, 224))
+    assert n == AUTHORS_PARAMS[size]
+    published = get_spec(f"efficientformer_v2_{size}").published_params
+    assert abs(n - published) / published < 0.01
+
+
+def test_authors_param_count_leaves_out_batchnorm_and_layer_scales_but_counts_dist_head():
+    from edgeformer.models.efficientformer_v2 import authors_param_count
+
+    model = tiny()
+    n = authors_param_count(model, torch.randn(1, 3, 32, 32))
+    bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    assert n < sum(p.numel() for p in model.parameters()) - bn  # no BN, layer scales, biases tables
+    head = model.dist_head.weight.numel() + model.dist_head.bias.numel()
+    assert authors_param_count(tiny(distillation=False), torch.randn(1, 3, 32, 32)) == n - head
 
 
 def test_param_count_matches_spec_for_tiny():
