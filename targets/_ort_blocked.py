@@ -33,9 +33,9 @@ activation.  PoolFormer-S12 has 24 of them (48 reorders); benchmarks/passes.py t
 
 Must not fire when: C is not a multiple of 16 (blocked buffers carry zero padding channels that
 would join the statistics); the first Reshape does not give one instance per sample
-``(N, 1, C·H·W)``; the norm's scale or bias is not one value per instance; the result leaves the
-graph or reaches the blocked layout other than through one ReorderInput (unary elementwise ops
-such as ReLU may sit between them); a reorder is channels-last.
+``(N, 1, C·H·W)`` or its result has other users; the norm's scale or bias is not one value per
+instance; the result leaves the graph or reaches the blocked layout other than through one
+ReorderInput (unary elementwise ops such as ReLU may sit between them); a reorder is channels-last.
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ def run_norms_blocked(model) -> BlockedNormReport:
         reorder_out = producer.get(flat.input[0]) if flat is not None and flat.op_type == "Reshape" else None
         if reorder_out is None or reorder_out.op_type != "ReorderOutput" or reorder_out.domain != NCHWC_DOMAIN:
             continue  # not fed from a blocked tensor: nothing to save
+        if len(users.get(flat.output[0], [])) != 1 or flat.output[0] in graph_outputs:
+            reject(norm, "the flattened tensor has users besides the norm (they expect NCHW order)")
+            continue
         after = users.get(norm.output[0], [])
         unflat = after[0] if len(after) == 1 and after[0].op_type == "Reshape" else None
         chain, reorder_in = _path_to_reorder_input(unflat, users, graph_outputs) if unflat is not None else ([], None)

@@ -105,6 +105,21 @@ def test_padded_channel_blocks_are_refused(tmp_path):
     assert any("not a multiple of 16" in why for why in report.rejected.values())
 
 
+def test_norm_whose_flattened_input_has_another_user_is_refused(tmp_path):
+    """That user reads NCHW order; handing it the blocked buffer would permute its values."""
+    src, _ = _onnx(tmp_path, 32)
+    plain = tmp_path / "plain.onnx"
+    _ort_subprocess(src, plain, "all", "ONNX")
+    model = onnx.load(str(plain))
+    norms = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
+    flat = norms[0].input[0]
+    model.graph.node.append(onnx.helper.make_node("Identity", [flat], ["flat_copy"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("flat_copy", onnx.TensorProto.FLOAT, None))
+    report = run_norms_blocked(model)
+    assert len(report.rewritten) == 1  # only n2 now
+    assert "users besides the norm" in report.rejected[norms[0].name]
+
+
 def test_other_levels_leave_ort_graph_as_is(tmp_path):
     src, _ = _onnx(tmp_path, 32)
     assert optimize_for_host(src, tmp_path / "m.ort", "extended") == {}
