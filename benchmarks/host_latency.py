@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         f"plain ORT / edgeformer  = {ratios['plain_ort_over_edgeformer']:.2f}x   (goal >= 1.0x: "
         f"{'met' if goals['edgeformer_at_least_as_fast_as_plain_ort'] else 'NOT met'})"
     )
-    print(f"passes applied: {', '.join(p['name'] for p in report.manifest.passes if p['changed']) or '(none)'}")
+    print(f"passes applied: {', '.join(p.name for p in report.manifest.passes if p.changed) or '(none)'}")
     path = write_result(
         "host_latency",
         {
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
             "stats": stats,
             "ratios": ratios,
             "goals": goals,
-            "machine": machine_info(),
+            "machine": machine_info().to_dict(),
             "compile_s": {"plain_ort": plain_s, "edgeformer": ef_s},
-            "passes": [p["name"] for p in report.manifest.passes if p["changed"]],
+            "passes": [p.name for p in report.manifest.passes if p.changed],
         },
     )
     print(f"wrote {path}")

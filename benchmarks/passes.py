@@ -8,7 +8,7 @@ For EfficientFormer-L1 and PoolFormer-S12 (224×224, batch 1, fp32, 2 threads), 
   + InferenceSession with default optimizations; OpenVINO via ``convert_model(ep)`` +
   ``compile_model`` CPU, f32);
 - for ORT also "as host-ort ships it": the pipeline plus the target's rewrite of ORT's own
-  optimized graph (norms on blocked NCHWc tensors, targets/_ort_blocked.py), and how far that is
+  optimized graph (norms on blocked NCHWc tensors, targets/onnxruntime/blocked.py), and how far that is
   from issue 4's goal (PoolFormer-S12: at least 10% less time than plain ORT);
 - per-pass contribution by leave-one-out (the pipeline without that pass, timed alongside), and
   the opt-in depthwise-conv form of the pool mixer (``fold_pool_mixer dw_conv=True``);
@@ -109,19 +109,18 @@ def randomize(model):
     return model.eval()
 
 
-def variants(graph, after, target, pipeline, records, ablation: bool = True) -> dict:
+def variants(graph, after, pipeline, records, ablation: bool = True) -> dict:
     """before, all, all-but-one for every pass that changed something, and all with dw_conv."""
-    from edgeformer.passes import PassManager, default_options
+    from edgeformer.passes import Pipeline
 
     graphs = {"before": graph, "all": after}
     if not ablation:
         return graphs
     for r in records:
         if r.changed:
-            names = [n for n in pipeline if n != r.name]
-            graphs[f"-{r.name}"] = PassManager(names, check=False, options=default_options(target, names)).run(graph)[0]
-    opts = {**default_options(target, pipeline), "fold_pool_mixer": {"dw_conv": True}}
-    dw = PassManager(pipeline, check=False, options=opts).run(graph)[0]
+            graphs[f"-{r.name}"] = pipeline.edited(drop=[r.name]).manager(check=False).run(graph)[0]
+    dw_conv = Pipeline(pipeline.names, {**pipeline.options, "fold_pool_mixer": {"dw_conv": True}})
+    dw = dw_conv.manager(check=False).run(graph)[0]
     if dw.summary().histogram != after.summary().histogram:
         graphs["all+dw_conv"] = dw
     return graphs
@@ -142,7 +141,7 @@ def ort_candidates(graphs, threads, tmp: Path, spinning: bool = True):
         files[name] = tmp / f"{name.strip('-+')}-{abs(hash(name))}.onnx"
         export_onnx(g, files[name])
     # What the host-ort artifact ships: the pipeline, then edgeformer's rewrite of ORT's own
-    # optimized graph (norms on blocked NCHWc tensors, targets/_ort_blocked.py).
+    # optimized graph (norms on blocked NCHWc tensors, targets/onnxruntime/blocked.py).
     files[SHIPPED] = tmp / "shipped.onnx"
     layout = optimize_for_host(files["all"], files[SHIPPED], "all", fmt="ONNX")
     for name, path in files.items():
@@ -191,21 +190,23 @@ def openvino_candidates(graphs, threads):
 def bench_model(name, runtimes, args) -> dict:
     import torch
 
-    from edgeformer.ir import export
+    from edgeformer.compiler import plan, rewrite
     from edgeformer.models import build_model, get_spec
-    from edgeformer.passes import PassManager, default_options, default_pipeline
 
     torch.set_num_threads(args.threads)
-    graph = export(randomize(build_model(name)), get_spec(name).example_inputs(), name=name)
+    model = randomize(build_model(name))
+    shapes = get_spec(name).input_shapes
     result = {"model": name, "threads": args.threads, "runtimes": {}}
-    hist_before = graph.summary().histogram
     for rt in runtimes:
-        target = {"ort": "onnxruntime", "openvino": "openvino"}[rt]
-        pipeline = default_pipeline(target)
+        # The graph and pipeline compile would use for the host profile of this runtime.
+        p = plan(model, {"ort": "host-ort", "openvino": "host-openvino"}[rt], input_shapes=shapes)
+        graph = p.graph
+        hist_before = graph.summary().histogram
         t0 = time.perf_counter()
-        after, records = PassManager(pipeline, check=True, options=default_options(target, pipeline)).run(graph)
+        done = rewrite(p, check=True)
+        after, records = done.graph, done.records
         pipeline_s = time.perf_counter() - t0
-        graphs = variants(graph, after, target, pipeline, records, args.ablation)
+        graphs = variants(graph, after, p.pipeline, records, args.ablation)
         with tempfile.TemporaryDirectory(prefix="edgeformer-passes-") as tmp:
             runs, counts = (
                 ort_candidates(graphs, args.threads, Path(tmp), args.ort_spinning == "on")
@@ -215,7 +216,7 @@ def bench_model(name, runtimes, args) -> dict:
             rounds = interleave(runs, rounds=args.rounds, per_round=args.per_round, settle_s=args.settle)
         stats = summarize({k: [t for r in v for t in r] for k, v in rounds.items()})
         result["runtimes"][rt] = {
-            "pipeline": pipeline,
+            "pipeline": list(p.pipeline.names),
             "pipeline_time_s": round(pipeline_s, 2),
             "passes": [{k: v for k, v in r.to_dict().items() if k != "details"} for r in records],
             "aten_ops": {"before": sum(hist_before.values()), "after": sum(after.summary().histogram.values())},

@@ -61,10 +61,9 @@ def _tvm_skip_reason(model: str) -> str | None:
         return str(err)
     if reason := target.is_available():
         return reason
-    from edgeformer.targets.tvm import tuning
+    from edgeformer.tuning import workload
 
-    graph, profile = tuning.compiled_graph(model, "host-tvm")  # the program compile hands to TVM
-    if not tuning.tuned_trials(graph, profile):
+    if not workload(model, "host-tvm").tuned_trials():  # the program compile hands to TVM
         return f"no tuned database for {model} (run `edgeformer tune {model} --profile host-tvm`)"
     return None
 
@@ -176,7 +175,7 @@ def bench_model(name: str, rounds: int, per_round: int, profiles: list[str]) -> 
                     "cosine": m.numerics.cosine,
                 },
                 "max_abs_error_vs_eager": err,
-                "passes": [p["name"] for p in m.passes if p.get("changed")],
+                "passes": [p.name for p in m.passes if p.changed],
                 "settings": runner.settings(),
                 "placement": {
                     k: m.target_details[k]
@@ -269,7 +268,7 @@ def main(argv=None) -> int:
         result["rounds"], result["per_round"] = args.rounds, args.per_round
         data["models"][name] = result
         _print(name, result)
-    data["machine"] = machine_info()
+    data["machine"] = machine_info().to_dict()
     data["method"] = (
         "one process, alternating rounds (order reversed every other round; each block after a 0.1 s pause "
         "and one untimed call), batch 1 fp32, runtime default thread counts; speedup = other median / this median"

@@ -1,7 +1,7 @@
 """Tuned TVM vs ONNX Runtime on EfficientFormer-L1 (224², batch 1, fp32, 2 threads).
 
 Tunes the model for the ``host-tvm`` profile (MetaSchedule design spaces, see
-``targets/tvm/tuning.py``), compiles it through ``edgeformer.compile`` (numerics checked against
+``targets/tvm/search.py``), compiles it through ``edgeformer.compile`` (numerics checked against
 PyTorch), then times the TVM artifact and plain ORT (``torch.onnx.export(ep, dynamo=True)`` →
 InferenceSession, same threads) in ONE process with alternating rounds.  Prints the trials, the
 tuning time and the TVM/ORT median ratio; the goal is ≤ 1.5.  Writes bench-results/tvm_tuning.json.
@@ -50,10 +50,12 @@ def main(argv=None) -> int:
 
     from edgeformer.compiler import compile
     from edgeformer.device_profiles import load_profile
+    from edgeformer.runtime import load_artifact
     from edgeformer.sources import load_model
     from edgeformer.targets import get_target
     from edgeformer.targets.onnxruntime import export_onnx
-    from edgeformer.targets.tvm import tuning
+    from edgeformer.targets.tvm import database
+    from edgeformer.tuning import workload
 
     prof = load_profile(args.profile)
     threads = prof.options.threads
@@ -61,11 +63,11 @@ def main(argv=None) -> int:
     result: dict = {"model": args.model, "profile": prof.name, "threads": threads, "goal_ratio": GOAL}
 
     tune_s = 0.0
-    graph, _ = tuning.compiled_graph(args.model, prof)
-    missing = max(0, args.trials - tuning.tuned_trials(graph, prof)) + args.more
+    work = workload(args.model, prof)  # the program compile hands to TVM
+    missing = max(0, args.trials - work.tuned_trials()) + args.more
     if missing:
         t0 = time.perf_counter()
-        tr = tuning.tune(graph, prof, trials=missing)
+        tr = work.tune(trials=missing)
         tune_s = time.perf_counter() - t0
         result["tune_run"] = tr.to_dict()
         print(
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
         report = compile(args.model, prof, Path(tmp) / "tvm", use_cache=False)
         compile_s = time.perf_counter() - t0
         details = report.manifest.target_details
-        db = tuning.load_database(Path(details["tuning"]["database"])) if details["tuning"]["database"] else None
+        db = database.load_database(Path(details["tuning"]["database"])) if details["tuning"]["database"] else None
         history = (db or {}).get("history", [])
         result.update(
             {
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
             }
         )
         target = get_target("tvm")
-        runner = target.load(report.path, report.manifest, prof)
+        runner = target.load(load_artifact(report.path))
 
         source = load_model(args.model)
         inputs = [t.detach().numpy() for t in source.graph.example_inputs]

@@ -45,7 +45,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
+from edgeformer.models.efficientformer import EfficientFormer
+from edgeformer.models.efficientformer_v2 import EfficientFormerV2
+from edgeformer.models.poolformer import PoolFormer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(
-            f"checkpoint {path} is not a readable safetensors file ({_first_line(err)})",
+            f"checkpoint {path} is not a readable safetensors file ({_first_sentence(err)})",
             "re-download or re-save it",
         ) from None
 
@@ -128,21 +131,20 @@ def _read_weights_only_pickle(path: Path) -> object:
 
 
 def _corrupt(path: Path, err: BaseException) -> UserError:
-    return UserError(f"checkpoint {path} is unreadable or corrupt ({_first_line(err)})", "re-download or re-save it")
+    return UserError(
+        f"checkpoint {path} is unreadable or corrupt ({_first_sentence(err)})", "re-download or re-save it"
+    )
 
 
-def _first_line(err: BaseException) -> str:
-    """First sentence of an exception message (or its type name when it has none)."""
-    text = str(err).strip()
-    if not text:
-        return type(err).__name__
-    return text.splitlines()[0].split(". ")[0].rstrip(".")[:200]
+def _first_sentence(err: BaseException) -> str:
+    """First sentence of an exception message's first line (or its type name when it has none)."""
+    return first_line(err).split(". ")[0].rstrip(".")[:200]
 
 
 def _detail(err: BaseException) -> str:
     """The informative line of torch's multi-line weights-only error."""
     m = re.search(r"Unsupported [^\n]*", str(err))
-    return m.group(0).strip()[:200] if m else _first_line(err)
+    return m.group(0).strip()[:200] if m else _first_sentence(err)
 
 
 def _as_state_dict(obj: object, where: str) -> dict[str, torch.Tensor]:
@@ -264,10 +266,6 @@ def _converter(family: str):
 
 def model_family(model: nn.Module) -> str | None:
     """The checkpoint family of a zoo model (None for anything else)."""
-    from edgeformer.models.efficientformer import EfficientFormer
-    from edgeformer.models.efficientformer_v2 import EfficientFormerV2
-    from edgeformer.models.poolformer import PoolFormer
-
     for cls, family in (
         (EfficientFormer, "efficientformer"),
         (EfficientFormerV2, "efficientformer_v2"),

@@ -1,8 +1,19 @@
 """``compile``: model → IR → passes → target runtime files → numerics check → artifact folder.
 
-The artifact folder is built in a temporary sibling and renamed into place, so a failure at any
-stage leaves nothing half-written.  A cache keyed by sha256(IR, pipeline, target options, runtime
-versions, tolerances) makes an identical re-compile free, and says so.
+The compile runs in five public stages, each with typed inputs and outputs, so ``tune``,
+``rewrite``, the benchmarks (and later search and bundle) reuse the first ones instead of
+re-deriving them:
+
+    plan(model, profile)         -> Plan       export the model, pick the target, edit its pipeline, cache key
+    rewrite(plan)                -> Rewritten  the pass pipeline, checked pass by pass; the PyTorch reference
+    build(plan, rewritten, dir)  -> Built      the target's runtime files and the manifest, in a temp folder
+    verify(plan, rewritten, built) -> NumericsReport   the runtime's outputs against PyTorch
+    write(built, out_dir)        -> Path       manifest written, folder renamed into place atomically
+
+:func:`compile` composes them.  The artifact folder is built in a temporary sibling and renamed
+into place, so a failure at any stage leaves nothing half-written.  A cache keyed by
+sha256(IR, pipeline, target options, runtime versions, tolerances) makes an identical re-compile
+free, and says so.
 """
 
 from __future__ import annotations
@@ -25,20 +36,27 @@ from torch import nn
 
 import edgeformer
 from edgeformer import ir
-from edgeformer.device_profiles import Profile, load_profile
+from edgeformer.artifact import Artifact
+from edgeformer.device_profiles import DeviceProfile, load_profile
 from edgeformer.errors import NumericsError, TargetUnavailableError, UserError
-from edgeformer.manifest import MANIFEST, Manifest, NumericsReport, TensorSpec, file_entries, read_manifest
+from edgeformer.fsutil import cache_root, make_temp_dir, replace_dir
+from edgeformer.manifest import (
+    MANIFEST,
+    Manifest,
+    NumericsReport,
+    PassRecord,
+    TensorSpec,
+    file_entries,
+    read_manifest,
+)
 from edgeformer.numerics import compare
-from edgeformer.sources import load_model
-from edgeformer.targets import get_target
+from edgeformer.passes import Pipeline
+from edgeformer.sources import ModelSource, load_model
+from edgeformer.targets import CompileResult, Target, get_target
 
 log = logging.getLogger(__name__)
 
 STAGES = ("export", "passes", "compile", "verify", "write")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEFORMER_CACHE_DIR") or Path.home() / ".cache" / "edgeformer")
 
 
 @dataclass
@@ -50,29 +68,56 @@ class CompileReport:
     cache_source: str = ""  # "output" (already up to date) or "cache"
 
 
-def _check_output_dir(out_dir: Path) -> None:
-    parent = out_dir.parent
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} exists and is a file", "choose a folder path for -o")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise UserError(
-            f"output folder {out_dir} is not empty and is not an edgeformer artifact",
-            "choose a new folder for -o, or remove it",
-        )
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"cannot create output folder {parent}: {err.strerror}", "choose a writable path for -o"
-        ) from err
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {parent} is not writable", "choose a writable path for -o")
+# ------------------------------------------------------------------------------------------ plan
 
 
-def _cache_key(graph: ir.Graph, pipeline: list[str], target, profile: Profile, model_info: dict) -> str:
+@dataclass
+class Plan:
+    """What will be compiled, and how: the exported model, the profile, its target and pipeline."""
+
+    source: ModelSource
+    profile: DeviceProfile
+    target: Target
+    pipeline: Pipeline  # the target's, after the profile's and the caller's edits
+    cache_key: str
+
+    @property
+    def graph(self) -> ir.Graph:
+        """The exported IR, before passes."""
+        return self.source.graph
+
+
+def resolve_target(profile: str | Path | DeviceProfile | None) -> tuple[DeviceProfile, Target]:
+    """The profile and its target, refusing a target whose runtime is not installed."""
+    prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    target = get_target(prof.target)
+    reason = target.is_available()
+    if reason:
+        raise TargetUnavailableError(f"profile {prof.name} needs target {target.name}, which is unavailable: {reason}")
+    return prof, target
+
+
+def plan(
+    model: str | nn.Module,
+    profile: str | Path | DeviceProfile | None = None,
+    *,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
+    weights: str | Path | None = None,
+    passes: str | None = None,
+) -> Plan:
+    """Export MODEL and decide its pipeline for ``profile`` (``passes``: CLI edits like ``+a,-b``)."""
+    prof, target = resolve_target(profile)
+    source = load_model(model, input_shapes=input_shapes, weights=weights)
+    pipeline = target.default_pipeline(prof).edited(prof.pipeline.add, prof.pipeline.drop, passes)
+    return Plan(source, prof, target, pipeline, _cache_key(source, pipeline, target, prof))
+
+
+def _cache_key(source: ModelSource, pipeline: Pipeline, target: Target, profile: DeviceProfile) -> str:
+    weights = source.info.weights
     blob = {
-        "ir": graph.hash(),
-        "pipeline": pipeline,
+        "ir": source.graph.hash(),
+        "pipeline": list(pipeline.names),
+        "pass_options": pipeline.to_dict()["options"],
         "target": target.name,
         "target_options": target.cache_options(profile),
         "numerics": profile.to_dict()["numerics"],
@@ -80,7 +125,7 @@ def _cache_key(graph: ir.Graph, pipeline: list[str], target, profile: Profile, m
         "torch": _torch_version(),
         "edgeformer": edgeformer.__version__,
         "code": _code_digest(),
-        "weights": (model_info.get("weights") or {}).get("sha256"),
+        "weights": weights.sha256 if weights else None,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -109,49 +154,130 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def _mkdtemp(prefix: str, parent: Path) -> Path:
-    """A temp folder beside the destination, with normal (umask) permissions, not mkdtemp's 0700."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
+# --------------------------------------------------------------------------------------- rewrite
 
 
-def _fsync_tree(folder: Path) -> None:
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+@dataclass
+class Rewritten:
+    graph: ir.Graph  # the IR after the pipeline
+    records: list[PassRecord]  # one per pass, in order
+    reference: list[np.ndarray]  # the exported (pre-pass) program's outputs on its example inputs
 
 
-def _place(tmp: Path, out_dir: Path) -> None:
-    """Atomically move a finished folder into place, replacing an older artifact."""
-    _fsync_tree(tmp)
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, trash / "old")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def rewrite(plan: Plan, *, check: bool = True, dump_ir: str | Path | None = None, explain: bool = False) -> Rewritten:
+    """Run the plan's pipeline (checked per pass unless ``check=False``) and the PyTorch reference."""
+    graph = plan.graph
+    reference = [t.detach().numpy() for t in ir.run(graph, graph.example_inputs)]
+    rewritten, records = plan.pipeline.manager(check=check, dump_dir=dump_ir, explain=explain).run(graph)
+    return Rewritten(rewritten, records, reference)
 
 
-def _valid_artifact(folder: Path, key: str) -> Manifest | None:
+# ----------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class Built:
+    folder: Path  # the (temporary) folder holding the runtime files
+    result: CompileResult
+    manifest: Manifest  # numerics "skipped" and compile time 0 until verify and write
+
+
+def build(plan: Plan, rewritten: Rewritten, folder: Path) -> Built:
+    """The target's runtime files for the rewritten IR in ``folder``, and their manifest."""
+    graph, target, prof = plan.graph, plan.target, plan.profile
+    result = target.compile(rewritten.graph, prof, folder)
+    manifest = Manifest(
+        model=plan.source.info,
+        ir_hash=graph.hash(),
+        ir_hash_after_passes=rewritten.graph.hash(),
+        profile=prof,
+        target=target.name,
+        runtime_versions={"torch": _torch_version(), **target.versions()},
+        passes=rewritten.records,
+        inputs=[
+            TensorSpec(n, list(t.shape), str(t.dtype).replace("torch.", ""))
+            for n, t in zip(graph.input_names, graph.example_inputs)
+        ],
+        outputs=[TensorSpec(n, list(r.shape), str(r.dtype)) for n, r in zip(graph.output_names, rewritten.reference)],
+        files=file_entries(folder, result.files),
+        numerics=NumericsReport("skipped"),
+        compile_time_s=0.0,
+        cache_key=plan.cache_key,
+        target_details=result.details,
+        structural_checks=result.structural_checks,
+        edgeformer_version=edgeformer.__version__,
+    )
+    return Built(folder, result, manifest)
+
+
+# ---------------------------------------------------------------------------------------- verify
+
+
+def verify(plan: Plan, rewritten: Rewritten, built: Built) -> NumericsReport:
+    """Run the built artifact on the example inputs and compare with the PyTorch reference.
+
+    Targets that cannot run here report their structural checks instead (skipped, or failed).
+    """
+    target, prof = plan.target, plan.profile
+    reason = target.can_run_here(prof)
+    if reason:
+        failed = sorted(k for k, ok in built.result.structural_checks.items() if not ok)
+        if failed:
+            return NumericsReport("failed", reason=f"structural checks failed: {', '.join(failed)}")
+        return NumericsReport("skipped", reason=reason)
+    runner = target.load(Artifact(built.folder, built.manifest, prof))
     try:
-        m = read_manifest(folder)
-    except UserError:
-        return None
-    return m if m.cache_key == key and m.numerics.status != "failed" else None
+        outputs = runner.run([t.detach().numpy() for t in plan.graph.example_inputs])
+    finally:
+        runner.close()
+    n = prof.numerics
+    return compare(
+        rewritten.reference,
+        [np.asarray(o) for o in outputs],
+        atol=n.atol,
+        rtol=n.rtol,
+        min_cosine=n.min_cosine,
+        names=list(plan.graph.output_names),
+    )
 
 
-def _tensor_specs(names, tensors) -> list[TensorSpec]:
-    return [TensorSpec(n, list(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(names, tensors)]
+# ----------------------------------------------------------------------------------------- write
+
+
+def write(built: Built, out_dir: Path) -> Path:
+    """Write the manifest into the built folder and rename it into place as ``out_dir``."""
+    built.manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    built.manifest.write(built.folder)
+    replace_dir(built.folder, out_dir)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------- compile
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse an ``-o`` that is a file, a foreign non-empty folder, or not creatable/writable."""
+    parent = out_dir.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is a file", "choose a folder path for -o")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise UserError(
+            f"output folder {out_dir} is not empty and is not an edgeformer artifact",
+            "choose a new folder for -o, or remove it",
+        )
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create output folder {parent}: {err.strerror}", "choose a writable path for -o"
+        ) from err
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {parent} is not writable", "choose a writable path for -o")
 
 
 def compile(  # noqa: A001 - the public verb
     model: str | nn.Module,
-    profile: str | Path | Profile | None = None,
+    profile: str | Path | DeviceProfile | None = None,
     out_dir: str | Path = "out",
     *,
     input_shapes: Sequence[tuple[int, ...]] | None = None,
@@ -172,119 +298,69 @@ def compile(  # noqa: A001 - the public verb
             on_stage(name, msg)
         log.info("%s %s", name, msg)
 
-    prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    target = get_target(prof.target)
-    reason = target.is_available()
-    if reason:
-        raise TargetUnavailableError(f"profile {prof.name} needs target {target.name}, which is unavailable: {reason}")
+    prof, _ = resolve_target(profile)
     out_dir = Path(out_dir)
-    _check_output_dir(out_dir)
+    check_output_dir(out_dir)
 
     stage("export", "exporting to the IR")
     t0 = time.perf_counter()
-    source = load_model(model, input_shapes=input_shapes, weights=weights)
-    graph = source.graph
+    p = plan(model, prof, input_shapes=input_shapes, weights=weights, passes=passes)
     stage_times["export"] = time.perf_counter() - t0
 
-    from edgeformer.passes import PassManager, default_options, resolve_pipeline
-
-    pipeline = resolve_pipeline(target.default_pipeline(prof), prof.pipeline.add, prof.pipeline.drop, passes)
-    key = _cache_key(graph, pipeline, target, prof, source.info)
+    key = p.cache_key
     cache_dir = cache_root() / "compile" / key
     if use_cache and not dump_ir and not explain:
         if (m := _valid_artifact(out_dir, key)) is not None:
             stage("write", f"up to date (cache key {key[:12]}): skipped")
             return CompileReport(out_dir, m, True, stage_times, "output")
         if _valid_artifact(cache_dir, key) is not None:
-            tmp = _mkdtemp(f".{out_dir.name}.tmp-", out_dir.parent)
+            tmp = make_temp_dir(f".{out_dir.name}.tmp-", out_dir.parent)
             shutil.rmtree(tmp)
             shutil.copytree(cache_dir, tmp)
-            _place(tmp, out_dir)
+            replace_dir(tmp, out_dir)
             stage("write", f"identical compile found in the cache (key {key[:12]}): skipped")
             return CompileReport(out_dir, read_manifest(out_dir), True, stage_times, "cache")
 
-    stage("passes", f"{len(pipeline)} passes: {', '.join(pipeline) or '(none)'}")
+    names = p.pipeline.names
+    stage("passes", f"{len(names)} passes: {', '.join(names) or '(none)'}")
     t0 = time.perf_counter()
-    reference = [t.detach().numpy() for t in ir.run(graph, graph.example_inputs)]
-    rewritten, records = PassManager(
-        pipeline,
-        check=check,
-        dump_dir=dump_ir,
-        explain=explain,
-        options=default_options(target.name, pipeline),
-    ).run(graph)
+    rewritten = rewrite(p, check=check, dump_ir=dump_ir, explain=explain)
     stage_times["passes"] = time.perf_counter() - t0
 
-    tmp = _mkdtemp(f".{out_dir.name}.tmp-", out_dir.parent)
+    tmp = make_temp_dir(f".{out_dir.name}.tmp-", out_dir.parent)
     try:
-        stage("compile", f"{target.name}")
+        stage("compile", f"{p.target.name}")
         t0 = time.perf_counter()
-        result = target.compile(rewritten, prof, tmp)
+        built = build(p, rewritten, tmp)
         stage_times["compile"] = time.perf_counter() - t0
-
-        manifest = Manifest(
-            model=source.info,
-            ir_hash=graph.hash(),
-            ir_hash_after_passes=rewritten.hash(),
-            profile=prof.to_dict(),
-            target=target.name,
-            runtime_versions={"torch": _torch_version(), **target.versions()},
-            passes=[r.to_dict() for r in records],
-            inputs=_tensor_specs(graph.input_names, graph.example_inputs),
-            outputs=[TensorSpec(n, list(r.shape), str(r.dtype)) for n, r in zip(graph.output_names, reference)],
-            files=file_entries(tmp, result.files),
-            numerics=NumericsReport("skipped"),
-            compile_time_s=0.0,
-            cache_key=key,
-            target_details=result.details,
-            structural_checks=result.structural_checks,
-            edgeformer_version=edgeformer.__version__,
-        )
 
         stage("verify", "checking outputs against PyTorch")
         t0 = time.perf_counter()
-        manifest.numerics = _verify(target, prof, tmp, manifest, graph, reference, result)
+        built.manifest.numerics = verify(p, rewritten, built)
         stage_times["verify"] = time.perf_counter() - t0
-        if manifest.numerics.status == "failed":
+        if built.manifest.numerics.status == "failed":
             raise NumericsError(
-                f"{target.name} outputs disagree with PyTorch: {manifest.numerics.reason}",
+                f"{p.target.name} outputs disagree with PyTorch: {built.manifest.numerics.reason}",
                 "loosen [numerics] in the profile only if that error is acceptable, or drop passes with --passes",
             )
 
         stage("write", str(out_dir))
-        manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
-        manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        manifest.write(tmp)
-        _place(tmp, out_dir)
+        built.manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
+        write(built, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if use_cache:
         _store_in_cache(out_dir, cache_dir)
-    return CompileReport(out_dir, manifest, False, stage_times)
+    return CompileReport(out_dir, built.manifest, False, stage_times)
 
 
-def _verify(target, prof: Profile, folder: Path, manifest: Manifest, graph, reference, result) -> NumericsReport:
-    reason = target.can_run_here(prof)
-    if reason:
-        failed = sorted(k for k, ok in result.structural_checks.items() if not ok)
-        if failed:
-            return NumericsReport("failed", reason=f"structural checks failed: {', '.join(failed)}")
-        return NumericsReport("skipped", reason=reason)
-    runner = target.load(folder, manifest, prof)
+def _valid_artifact(folder: Path, key: str) -> Manifest | None:
     try:
-        outputs = runner.run([t.detach().numpy() for t in graph.example_inputs])
-    finally:
-        runner.close()
-    n = prof.numerics
-    return compare(
-        reference,
-        [np.asarray(o) for o in outputs],
-        atol=n.atol,
-        rtol=n.rtol,
-        min_cosine=n.min_cosine,
-        names=list(graph.output_names),
-    )
+        m = read_manifest(folder)
+    except UserError:
+        return None
+    return m if m.cache_key == key and m.numerics.status != "failed" else None
 
 
 def _store_in_cache(out_dir: Path, cache_dir: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 import tomllib
 
 from edgeformer.errors import UnknownNameError, UserError
+from edgeformer.target_names import TARGETS
 
 DEFAULT_PROFILE = "host-ort"
 
@@ -73,13 +74,13 @@ class Budget:
 
 
 @dataclass
-class Pipeline:
+class PipelineEdits:
     add: list = _opt([], "pass names appended to the target's default pipeline")
     drop: list = _opt([], "pass names removed from the target's default pipeline")
 
 
 @dataclass
-class Profile:
+class DeviceProfile:
     name: str
     target: str
     description: str = ""
@@ -87,7 +88,7 @@ class Profile:
     numerics: Numerics = field(default_factory=Numerics)
     remote: Remote | None = None
     budget: Budget = field(default_factory=Budget)
-    pipeline: Pipeline = field(default_factory=Pipeline)
+    pipeline: PipelineEdits = field(default_factory=PipelineEdits)
     path: str = ""  # where it was loaded from
 
     def to_dict(self) -> dict:
@@ -99,7 +100,13 @@ class Profile:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-_SECTIONS = {"options": TargetOptions, "numerics": Numerics, "remote": Remote, "budget": Budget, "pipeline": Pipeline}
+_SECTIONS = {
+    "options": TargetOptions,
+    "numerics": Numerics,
+    "remote": Remote,
+    "budget": Budget,
+    "pipeline": PipelineEdits,
+}
 _TOP = {"name": str, "target": str, "description": str}
 
 
@@ -143,7 +150,7 @@ def _section(cls, table: dict, where: str, prefix: str):
     return cls(**kwargs)
 
 
-def parse_profile(data: dict, where: str) -> Profile:
+def parse_profile(data: dict, where: str) -> DeviceProfile:
     """Validate a parsed TOML table (``where`` names the file in every message)."""
     for key in data:
         if key not in _TOP and key not in _SECTIONS:
@@ -156,8 +163,6 @@ def parse_profile(data: dict, where: str) -> Profile:
     for key, typ in _TOP.items():
         if key in data:
             kwargs[key] = _check_value(where, key, data[key], typ, {})
-    from edgeformer.targets import TARGETS
-
     if kwargs["target"] not in TARGETS:
         err = UnknownNameError("target", kwargs["target"], TARGETS)
         raise UserError(f"{where}: key 'target': {err.problem}", err.fix)
@@ -166,7 +171,7 @@ def parse_profile(data: dict, where: str) -> Profile:
             if not isinstance(data[key], dict):
                 raise UserError(f"{where}: '{key}' must be a table ([{key}])", "fix the profile file")
             kwargs[key] = _section(cls, data[key], where, f"{key}.")
-    return Profile(**kwargs)
+    return DeviceProfile(**kwargs)
 
 
 def _shipped() -> dict[str, Any]:
@@ -178,7 +183,7 @@ def profile_names() -> list[str]:
     return sorted(_shipped())
 
 
-def load_profile(name_or_path: str | Path | None = None) -> Profile:
+def load_profile(name_or_path: str | Path | None = None) -> DeviceProfile:
     """A shipped profile by name, or a TOML file by path."""
     ref = str(name_or_path or DEFAULT_PROFILE)
     shipped = _shipped()
@@ -221,8 +226,6 @@ def json_schema() -> dict:
                 p["items"] = {"type": "string"}
             props[f.name] = p
         return {"type": "object", "additionalProperties": False, "properties": props}
-
-    from edgeformer.targets import TARGETS
 
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -11,6 +11,17 @@ import difflib
 from collections.abc import Iterable
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none.
+
+    SDKs raise multi-page messages (graph dumps, C++ traces); a one-line error quotes this.
+    """
+    for line in str(err).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return type(err).__name__
+
+
 class UserError(Exception):
     """A problem the user can fix.  ``str(err)`` is one line naming the problem and the fix."""
 

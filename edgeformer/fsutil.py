@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
+"""Atomic file writes (a temp file in the same folder, fsync, then ``os.replace``) and the cache root.
 
 Readers never see a half-written file, and a failure leaves the old file (or nothing) behind.
 """
@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where edgeformer caches compiles and tuning databases: ``$EDGEFORMER_CACHE_DIR``, else
+    ``~/.cache/edgeformer``."""
+    return Path(os.environ.get("EDGEFORMER_CACHE_DIR") or Path.home() / ".cache" / "edgeformer")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -26,5 +33,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, data, *, indent: int = 2) -> Path:
+def atomic_write_json(path: str | os.PathLike, data, *, indent: int = 2, mkdir: bool = False) -> Path:
+    """``data`` as sorted JSON; ``mkdir`` creates the parent folders first."""
+    if mkdir:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_bytes(path, (json.dumps(data, indent=indent, sort_keys=True) + "\n").encode())
+
+
+def make_temp_dir(prefix: str, parent: Path) -> Path:
+    """A temp folder beside the destination, with normal (umask) permissions, not mkdtemp's 0700."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Atomically move a finished folder into place, replacing an older one."""
+    _fsync_tree(tmp)
+    if out_dir.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, trash / "old")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
 from edgeformer.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def export(
         with torch.no_grad():
             ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         shapes = ", ".join("x".join(map(str, a.shape)) for a in args if isinstance(a, torch.Tensor))
         raise UserError(
             f"torch.export could not trace {name} with input shape(s) {shapes}: {first}",
@@ -162,7 +162,7 @@ def load(path: str | os.PathLike) -> Graph:
         ep = torch.export.load(path, extra_files=extra)
     except Exception as err:  # noqa: BLE001 - any failure to parse is a corrupt user file
         raise UserError(
-            f"{path} is not a valid .pt2 export ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+            f"{path} is not a valid .pt2 export ({type(err).__name__}: {first_line(err)})",
             "re-create it with `edgeformer export`",
         ) from err
     meta = json.loads(extra[_META_FILE]) if extra.get(_META_FILE) else {}
@@ -319,7 +319,12 @@ def node_macs(node) -> int:
     return 0
 
 
-def _source(node) -> str:
+def source_path(node) -> str:
+    """The dotted path of the module a node came from (``network.0.1.mlp.fc1``), or ''.
+
+    Read from the innermost entry of the node's ``nn_module_stack``; "" when the node has none
+    (placeholders, nodes a pass inserted without copying metadata, objects that are not nodes).
+    """
     stack = node.meta.get("nn_module_stack") if hasattr(node, "meta") else None
     if not stack:
         return ""
@@ -351,7 +356,7 @@ def summary(graph: Graph) -> Summary:
             continue
         op = op_name(n.target)
         hist[op] += 1
-        nodes.append(NodeInfo(len(nodes), n.name, op, _shape(n), _dtype(n), node_macs(n), _source(n)))
+        nodes.append(NodeInfo(len(nodes), n.name, op, _shape(n), _dtype(n), node_macs(n), source_path(n)))
     return Summary(
         name=graph.name,
         ir_hash=graph.hash(),

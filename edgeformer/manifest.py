@@ -1,8 +1,9 @@
 """``manifest.json``: what an artifact folder holds and how it was made.
 
-Typed dataclasses, validated against ``edgeformer/schemas/manifest.schema.json`` on write and on
-read.  Everything but ``created_at`` and ``compile_time_s`` is deterministic: compiling the same
-input twice gives the same file hashes.
+Typed dataclasses end to end (the model, the device profile, each pass's record, the I/O, files
+and numerics); they become JSON only in :meth:`Manifest.to_dict`, validated against
+``edgeformer/schemas/manifest.schema.json`` on write and on read.  Everything but ``created_at``
+and ``compile_time_s`` is deterministic: compiling the same input twice gives the same file hashes.
 """
 
 from __future__ import annotations
@@ -14,10 +15,74 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from edgeformer.device_profiles import DeviceProfile, parse_profile
 from edgeformer.errors import UserError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
+
+
+def _without_none(d: dict, keys) -> dict:
+    """``d`` less the optional ``keys`` whose value is None (they are absent from the JSON)."""
+    return {k: v for k, v in d.items() if not (k in keys and v is None)}
+
+
+@dataclass
+class WeightsInfo:
+    """The checkpoint a model's weights came from."""
+
+    path: str
+    sha256: str
+    layout: str | None = None  # "official", "timm", ... (checkpoints.load_weights)
+    num_tensors: int | None = None
+    source: str | None = None  # the layout's origin, as load_weights reports it
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ModelInfo:
+    """Where the compiled model came from."""
+
+    name: str
+    source: str  # "zoo" | "pt2" | "factory" | "module"
+    family: str | None = None  # zoo models
+    path: str | None = None  # .pt2 files
+    ref: str | None = None  # package.module:factory
+    weights: WeightsInfo | None = None  # None: the weights the model was built or exported with
+
+    _OPTIONAL = ("family", "path", "ref")
+
+    def to_dict(self) -> dict:
+        d = _without_none(dataclasses.asdict(self), self._OPTIONAL)
+        d["weights"] = self.weights.to_dict() if self.weights else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelInfo:
+        d = dict(d)
+        w = d.pop("weights", None)
+        return cls(**d, weights=WeightsInfo(**w) if w else None)
+
+
+@dataclass
+class PassRecord:
+    """What the manifest records per pass."""
+
+    name: str
+    exact: bool
+    changed: bool
+    matched: int = 0
+    nodes_removed: int = 0
+    params_folded: int = 0
+    time_s: float = 0.0
+    max_abs_diff: float | None = None  # this pass alone, on the example inputs
+    op_delta: dict[str, int] = field(default_factory=dict)  # e.g. {"aten.batch_norm": -12}
+    details: dict = field(default_factory=dict)  # "explain": [...] when asked, pass extras
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -49,13 +114,13 @@ class NumericsReport:
 
 @dataclass
 class Manifest:
-    model: dict  # {"name", "source": zoo|pt2|factory, "weights": {...}|None}
+    model: ModelInfo
     ir_hash: str  # sha256 of the exported program before passes
     ir_hash_after_passes: str
-    profile: dict  # the validated profile (name, target, options, ...)
+    profile: DeviceProfile  # the validated profile the artifact was compiled for
     target: str
     runtime_versions: dict[str, str]
-    passes: list[dict]  # PassRecord.to_dict() per pass, in order
+    passes: list[PassRecord]  # in pipeline order
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     files: list[FileEntry]
@@ -69,7 +134,14 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = self.model.to_dict()
+        d["profile"] = self.profile.to_dict()
+        d["passes"] = [p.to_dict() for p in self.passes]
+        for key in ("inputs", "outputs", "files"):
+            d[key] = [dataclasses.asdict(x) for x in d[key]]
+        d["numerics"] = dataclasses.asdict(self.numerics)
+        return d
 
     def deterministic_dict(self) -> dict:
         """Everything except timestamps and timings."""
@@ -83,6 +155,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
         d = dict(d)
+        d["model"] = ModelInfo.from_dict(d["model"])
+        profile = {k: v for k, v in d["profile"].items() if v is not None}
+        d["profile"] = parse_profile(profile, f"manifest profile {profile.get('name', '?')}")
+        d["passes"] = [PassRecord(**p) for p in d["passes"]]
         d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
         d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
         d["files"] = [FileEntry(**f) for f in d["files"]]

@@ -10,14 +10,17 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgeformer import ir
+from edgeformer.checkpoints import load_weights
 from edgeformer.errors import UserError
+from edgeformer.manifest import ModelInfo, WeightsInfo, sha256_file
+from edgeformer.models import get_spec
 
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
@@ -33,7 +36,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 @dataclass
 class ModelSource:
     graph: ir.Graph
-    info: dict = field(default_factory=dict)  # name, source, weights -> manifest["model"]
+    info: ModelInfo  # -> the manifest's model
     module: nn.Module | None = None
 
 
@@ -96,7 +99,7 @@ def load_model(
         if not input_shapes:
             raise UserError("an nn.Module needs input shapes", "pass input_shapes=[(1, 3, 224, 224)]")
         module = ref
-        info = {"name": name or type(ref).__name__, "source": "module"}
+        info = ModelInfo(name or type(ref).__name__, "module")
         shapes = list(input_shapes)
     elif str(ref).endswith(".pt2"):
         if weights:
@@ -109,7 +112,7 @@ def load_model(
                     f"{ref} was exported with input shape(s) {expected}; --input-shape differs",
                     "re-export with the new shape",
                 )
-        return ModelSource(graph, {"name": graph.name, "source": "pt2", "path": str(ref), "weights": None})
+        return ModelSource(graph, ModelInfo(graph.name, "pt2", path=str(ref)))
     elif str(ref).endswith((".onnx", ".pth", ".pt", ".safetensors", ".ckpt", ".bin")):
         raise UserError(
             f"{ref} is not a model edgeformer can import (MODEL is a zoo name, a .pt2 export "
@@ -121,37 +124,28 @@ def load_model(
         if not input_shapes:
             raise UserError(f"{ref} needs input shapes", "add --input-shape, e.g. --input-shape 1x3x224x224")
         shapes = list(input_shapes)
-        info = {"name": name or str(ref).split(":")[-1], "source": "factory", "ref": str(ref)}
+        info = ModelInfo(name or str(ref).split(":")[-1], "factory", ref=str(ref))
     else:
-        from edgeformer.models import get_spec
-
         spec = get_spec(str(ref))
         module = _seeded(spec.build)
         shapes = list(input_shapes) if input_shapes else list(spec.input_shapes)
-        info = {"name": spec.name, "source": "zoo", "family": spec.family}
+        info = ModelInfo(spec.name, "zoo", family=spec.family)
         if input_shapes and len(input_shapes) != len(spec.input_shapes):
             raise UserError(
                 f"{spec.name} takes {len(spec.input_shapes)} input(s), got {len(input_shapes)} --input-shape",
                 f"its default is {' '.join('x'.join(map(str, s)) for s in spec.input_shapes)}",
             )
-    info["weights"] = None
     if weights:
-        from edgeformer.checkpoints import load_weights
-
         w = Path(weights)
         loaded = load_weights(module, w)
-        from edgeformer.manifest import sha256_file
-
-        info["weights"] = {"path": str(w), "sha256": sha256_file(w), **(loaded if isinstance(loaded, dict) else {})}
+        info.weights = WeightsInfo(str(w), sha256_file(w), **(loaded if isinstance(loaded, dict) else {}))
     module.eval()
     inputs = _example_inputs(shapes)
     input_names = None
-    if info["source"] == "zoo":
-        from edgeformer.models import get_spec
-
-        spec = get_spec(info["name"])
+    if info.source == "zoo":
+        spec = get_spec(info.name)
         if spec.input_dtypes or spec.input_shapes == tuple(shapes):
             inputs = spec.example_inputs(shapes=shapes)
         input_names = list(spec.input_names) or None
-    graph = ir.export(module, inputs, name=info["name"], input_names=input_names, dynamic_batch=dynamic_batch)
+    graph = ir.export(module, inputs, name=info.name, input_names=input_names, dynamic_batch=dynamic_batch)
     return ModelSource(graph, info, module)

@@ -27,8 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgeformer.checkpoints import load_state_dict_file
 from edgeformer.errors import UnknownNameError, UserError
 from edgeformer.fsutil import atomic_write_bytes, atomic_write_json
+from edgeformer.models import build_model, get_spec
+from edgeformer.models.ecoformer import fit_hashes, set_attention_mode
+from edgeformer.models.lmuformer import LMUFormer, SpikingLMUFormer
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +148,6 @@ def digits_dataset(family: str, split: str = "test") -> tuple[Tensor, Tensor]:
 
 
 def _model_kind(model: nn.Module) -> str:
-    from edgeformer.models.lmuformer import LMUFormer, SpikingLMUFormer
-
     return "sequence" if isinstance(model, (LMUFormer, SpikingLMUFormer)) else "image"
 
 
@@ -167,8 +169,6 @@ def evaluate(model: nn.Module, split: str = "test", family: str | None = None, b
 
 
 def _build(name: str) -> nn.Module:
-    from edgeformer.models import build_model, get_spec
-
     try:
         get_spec(name)
     except UserError as err:
@@ -211,8 +211,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 def load_trained(path: str | os.PathLike) -> nn.Module:
     """Build the zoo model named in ``<path>.json`` and load the safetensors weights (strict)."""
-    from edgeformer.checkpoints import load_state_dict_file
-
     path = Path(path)
     meta_file = sidecar_path(path)
     if not meta_file.exists():
@@ -303,8 +301,6 @@ def _train(recipe: Recipe, out: Path, epochs: float | None, max_steps: int | Non
     losses: list[float] = []
     notes: dict = {}
     if recipe.hash_epochs:
-        from edgeformer.models.ecoformer import fit_hashes, set_attention_mode
-
         first = None if max_steps is None else max(1, (2 * max_steps) // 3)
         set_attention_mode(model, "softmax")
         steps = _fit(model, x, y, recipe, recipe.epochs * scale, first, gen, losses)

@@ -9,6 +9,10 @@ Two directions (ARCHITECTURES.md section 0):
   bias term sums ``W·t`` over the kernel too).  This is exact only when every element the
   consumer reads went through the affine, i.e. the consumer adds no zero padding.
 
+It also holds the constant affines passes recognise: an eval BatchNorm (:func:`bn_affine`, used by
+fold_batchnorm, fold_repbn and reparameterize_branches) and a multiply by a constant
+(:func:`scaled_operand`, used by fold_layer_scale and fold_pool_mixer).
+
 All weight arithmetic is done in float64 and cast back, so a fold adds one rounding, not three.
 """
 
@@ -17,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import fx
+
+from edgeformer.ir import op_name
 
 from ._graph import Editor, arg, is_op, set_arg, shape
 
@@ -43,6 +49,35 @@ def per_channel(value: torch.Tensor, out_shape: tuple[int, ...], axis: int) -> t
     if any(d != 1 for i, d in enumerate(full) if i != axis) or full[axis] not in (1, c):
         return None
     return value.reshape(-1).expand(c).clone() if value.numel() == 1 else value.reshape(c)
+
+
+def bn_affine(ed: Editor, bn: fx.Node) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """``(s, t)`` with ``BN(x) = s·x + t`` per channel, or the reason it is not a constant affine."""
+    if arg(bn, "training"):
+        return "batch_norm runs in training mode (batch statistics)"
+    mean, var = ed.const(arg(bn, "running_mean")), ed.const(arg(bn, "running_var"))
+    if mean is None or var is None:
+        return "batch_norm has no running statistics"
+    w_node, b_node = arg(bn, "weight"), arg(bn, "bias")
+    gamma = ed.const(w_node) if w_node is not None else torch.ones_like(mean)
+    beta = ed.const(b_node) if b_node is not None else torch.zeros_like(mean)
+    if gamma is None or beta is None:
+        return "batch_norm weight or bias is not constant"
+    s = gamma.double() / torch.sqrt(var.double() + float(arg(bn, "eps")))
+    return s, beta.double() - mean.double() * s
+
+
+def scaled_operand(ed: Editor, mul: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
+    """``(value, scale)`` when ``mul`` multiplies a non-constant node by a constant."""
+    a, b = mul.args[0], mul.args[1]
+    for x, s in ((a, b), (b, a)):
+        if isinstance(x, fx.Node) and ed.const(x) is None:
+            if isinstance(s, (int, float)) and not isinstance(s, bool):
+                return x, torch.tensor(float(s), dtype=torch.float64)
+            value = ed.const(s)
+            if value is not None and value.is_floating_point():
+                return x, value
+    return None
 
 
 def fold_into_producer(
@@ -161,7 +196,6 @@ def fold_into_consumer(ed: Editor, consumer: fx.Node, scale: torch.Tensor | None
         param = ed.add_param(hint + ".bias_map", bias_map.to(dtype))
         add = ed.call(torch.ops.aten.add.Tensor, (consumer, param), before=consumer.next, like=consumer)
         consumer.replace_all_uses_with(add, delete_user_cb=lambda u: u is not add)
-        ed.params_folded += 1
         return
     ed.tensor_arg(consumer, "bias", b + (w * shift.double()[idx][tap]).flatten(1).sum(1), hint + ".bias")
 
@@ -176,6 +210,4 @@ def layer_name(ed: Editor, node: fx.Node) -> str:
 
 
 def _op(node: fx.Node) -> str:
-    from edgeformer.ir import op_name
-
     return op_name(node.target) if node.op == "call_function" else node.op

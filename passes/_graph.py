@@ -7,7 +7,10 @@ pass rebinds them), and :meth:`Editor.finish` rebuilds a validated ExportedProgr
 unused parameters/buffers removed, the graph signature regenerated from the placeholders.
 
 It also carries what every pass reports: ``matched``, ``params_folded`` and the ``explain`` lines
-("matched conv2d_3 + batch_norm_2 (network.1.proj/norm)", "rejected conv2d_7: ...").
+("matched conv2d_3 + batch_norm_2 (network.1.proj/norm)", "rejected conv2d_7: ...").  Passes
+never count ``params_folded`` themselves: every folded tensor is stored through one method, which
+counts it (a new parameter from :meth:`Editor.add_param`, or one :meth:`Editor.tensor_arg`
+overwrites in place).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch.export.graph_signature import (
 )
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from edgeformer.ir import Graph, op_name
+from edgeformer.ir import Graph, op_name, source_path
 
 _CONST_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
 
@@ -66,19 +69,10 @@ def set_arg(node: fx.Node, name: str, value) -> None:
     node.args = tuple(args)
 
 
-def source(node: fx.Node) -> str:
-    """The module path a node came from (``network.0.1.mlp.fc1``), or ''."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return path.replace("L['self'].", "").replace("][", ".").replace("[", ".").replace("]", "")
-
-
 def describe(*nodes: fx.Node) -> str:
     """``conv2d_3 + batch_norm_2 (network.1.proj/norm)`` for explain lines."""
     names = " + ".join(n.name for n in nodes)
-    srcs = list(dict.fromkeys(s for s in (source(n) for n in nodes) if s))
+    srcs = list(dict.fromkeys(s for s in (source_path(n) for n in nodes) if s))
     if len(srcs) <= 1:
         return f"{names} ({srcs[0]})" if srcs else names
     prefix = srcs[0]
@@ -208,8 +202,26 @@ class Editor:
                 if key in like.meta:
                     node.meta[key] = like.meta[key]
 
+    def _store(self, target: str, tensor: torch.Tensor, *, param: bool) -> torch.Tensor:
+        """Store a folded tensor under ``target`` and count it in ``params_folded``.
+
+        The one place a pass's folded values enter the program (a new parameter or constant from
+        :meth:`add_param`, a parameter :meth:`tensor_arg` overwrites in place), so the count is one
+        per tensor a pass writes.
+        """
+        tensor = tensor.detach().contiguous()
+        if param:
+            value = self.state[target] = torch.nn.Parameter(tensor, requires_grad=False)
+        else:
+            value = self.constants[target] = tensor
+        self.params_folded += 1
+        return value
+
     def add_param(self, hint: str, tensor: torch.Tensor) -> fx.Node:
-        """A new PARAMETER (integer: CONSTANT_TENSOR) placeholder named after ``hint``, holding ``tensor``."""
+        """A new PARAMETER (integer: CONSTANT_TENSOR) placeholder named after ``hint``, holding ``tensor``.
+
+        Counts as one folded parameter (``params_folded``); callers do not count it again.
+        """
         target = hint
         i = 0
         while target in self.state or target in self.constants:
@@ -222,13 +234,11 @@ class Editor:
         name = ("p_" if is_param else "c_") + re.sub(r"\W", "_", target)
         with self.graph.inserting_before(first_after):
             node = self.graph.placeholder(name)
-        if is_param:  # folded weights stay parameters: named, in the state dict, ONNX initializers
-            self.state[target] = torch.nn.Parameter(tensor.detach().contiguous(), requires_grad=False)
-            self.specs[node.name] = InputSpec(InputKind.PARAMETER, TensorArgument(node.name), target)
-        else:  # integer tables cannot be parameters
-            self.constants[target] = tensor.detach().contiguous()
-            self.specs[node.name] = InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(node.name), target)
-        value = self.state[target] if is_param else self.constants[target]
+        # folded weights stay parameters (named, in the state dict, ONNX initializers); integer
+        # tables cannot be parameters
+        value = self._store(target, tensor, param=is_param)
+        kind = InputKind.PARAMETER if is_param else InputKind.CONSTANT_TENSOR
+        self.specs[node.name] = InputSpec(kind, TensorArgument(node.name), target)
         self._set_meta(node, self._fake(value), None)
         self._const[node] = value.detach()
         return node
@@ -238,7 +248,7 @@ class Editor:
 
         A parameter used by ``user`` alone is overwritten in place (same state-dict key, so the
         folded weight keeps its readable name); a shared one, a derived value or a missing bias
-        gets a new parameter.
+        gets a new parameter.  Either way it counts as one folded parameter.
         """
         old = arg(user, name)
         tensor = tensor.detach().to(self._dtype_of(user, old, tensor)).contiguous()
@@ -249,13 +259,12 @@ class Editor:
             and shape(old) == tuple(tensor.shape)
         ):
             target = self.specs[old.name].target
-            self.state[target] = torch.nn.Parameter(tensor, requires_grad=False)
+            self._store(target, tensor, param=True)
             self._const[old] = tensor
             self._set_meta(old, self._fake(tensor), None)
         else:
             target = self.specs[old.name].target if isinstance(old, fx.Node) and old.name in self.specs else hint
             set_arg(user, name, self.add_param(target if target else hint, tensor))
-        self.params_folded += 1
 
     @staticmethod
     def _dtype_of(user, old, tensor) -> torch.dtype:
@@ -371,4 +380,4 @@ def _flat(x) -> Iterable:
         yield x
 
 
-__all__ = ["Editor", "arg", "describe", "is_op", "set_arg", "shape", "source", "strip_permutes"]
+__all__ = ["Editor", "arg", "describe", "is_op", "set_arg", "shape", "strip_permutes"]

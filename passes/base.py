@@ -1,4 +1,4 @@
-"""The pass framework: Pass, PassResult, PassRecord and the PassManager.
+"""The pass framework: Pass, PassResult, PassStats, PassRecord and the PassManager.
 
 A pass is a small class in its own file: a ``name``, a one-line ``summary``, typed ``Options``
 with defaults, whether it is ``exact``, and ``run(graph) -> PassResult``.  The PassManager
@@ -29,6 +29,9 @@ import torch
 
 from edgeformer.errors import UnknownNameError, UserError
 from edgeformer.ir import Graph, op_name, run
+from edgeformer.manifest import PassRecord
+
+from ._registry import get_pass
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +39,20 @@ EXACT_ATOL = 1e-5
 
 
 @dataclass
-class PassResult:
-    graph: Graph
-    changed: bool
-    details: dict = field(default_factory=dict)  # matched, params_folded, explain, ...
+class PassStats:
+    """What every pass reports beside its graph (an :class:`~edgeformer.passes._graph.Editor` counts it)."""
+
+    matched: int = 0  # matches rewritten
+    params_folded: int = 0  # folded tensors written (new or overwritten in place)
+    explain: list[str] = field(default_factory=list)  # one line per match and per near-miss
 
 
 @dataclass
-class PassRecord:
-    """What the manifest records per pass."""
-
-    name: str
-    exact: bool
+class PassResult:
+    graph: Graph
     changed: bool
-    matched: int = 0
-    nodes_removed: int = 0
-    params_folded: int = 0
-    time_s: float = 0.0
-    max_abs_diff: float | None = None  # this pass alone, on the example inputs
-    op_delta: dict[str, int] = field(default_factory=dict)  # e.g. {"aten.batch_norm": -12}
-    details: dict = field(default_factory=dict)  # "explain": [...] when asked, pass extras
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    details: dict = field(default_factory=dict)  # pass-specific extras only (e.g. removed_dead)
+    stats: PassStats = field(default_factory=PassStats)
 
 
 @dataclass
@@ -88,8 +82,8 @@ class Pass:
     def result(self, graph: Graph, ed, **extra) -> PassResult:
         """The PassResult of an :class:`~edgeformer.passes._graph.Editor` session."""
         changed = ed.matched > 0 or ed.touched
-        details = {"matched": ed.matched, "params_folded": ed.params_folded, "explain": list(ed.explain), **extra}
-        return PassResult(ed.finish() if changed else graph, changed, details)
+        stats = PassStats(matched=ed.matched, params_folded=ed.params_folded, explain=list(ed.explain))
+        return PassResult(ed.finish() if changed else graph, changed, dict(extra), stats)
 
 
 def _coerce(pass_name: str, key: str, value, hint):
@@ -145,8 +139,6 @@ class PassManager:
         explain: bool = False,
         options: dict[str, dict] | None = None,
     ):
-        from edgeformer.passes import get_pass
-
         options = dict(options or {})
         for n in options:
             if n not in names:
@@ -194,18 +186,18 @@ class PassManager:
             delta = {
                 op: new_hist[op] - hist[op] for op in sorted(set(hist) | set(new_hist)) if new_hist[op] != hist[op]
             }
-            details = dict(result.details)
-            explain = details.pop("explain", [])
+            stats = result.stats
+            explain = list(stats.explain)
             rec = PassRecord(
                 name=p.name,
                 exact=p.exact,
                 changed=result.changed,
-                matched=int(details.pop("matched", 0)),
+                matched=int(stats.matched),
                 nodes_removed=sum(hist.values()) - sum(new_hist.values()),
-                params_folded=int(details.pop("params_folded", 0)),
+                params_folded=int(stats.params_folded),
                 time_s=round(elapsed, 4),
                 op_delta=delta,
-                details=details,
+                details=dict(result.details),
             )
             if self.explain:
                 rec.details["explain"] = explain

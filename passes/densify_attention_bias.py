@@ -57,7 +57,6 @@ class DensifyAttentionBias(Pass):
                 continue
             target = ed.specs[table.name].target if table.name in ed.specs else node.name
             dense = ed.add_param(f"{target}_dense", value.clone())
-            ed.params_folded += 1
             ed.replace(node, dense)
             ed.match(node, note=f"{tuple(shape(table) or ())} table → dense {tuple(value.shape)}")
         return self.result(graph, ed)

@@ -37,27 +37,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ._affine import channel_axis, fold_into_consumer, fold_into_producer, trace_consumers
+from ._affine import bn_affine, channel_axis, fold_into_consumer, fold_into_producer, trace_consumers
 from ._graph import Editor, arg, is_op, shape
 from .base import Pass, PassResult
-
-
-def bn_affine(ed: Editor, bn) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """``(s, t)`` with ``BN(x) = s·x + t`` per channel, or the reason it is not a constant affine."""
-    if arg(bn, "training"):
-        return "batch_norm runs in training mode (batch statistics)"
-    mean, var = ed.const(arg(bn, "running_mean")), ed.const(arg(bn, "running_var"))
-    if mean is None or var is None:
-        return "batch_norm has no running statistics"
-    w_node, b_node = arg(bn, "weight"), arg(bn, "bias")
-    gamma = ed.const(w_node) if w_node is not None else torch.ones_like(mean)
-    beta = ed.const(b_node) if b_node is not None else torch.zeros_like(mean)
-    if gamma is None or beta is None:
-        return "batch_norm weight or bias is not constant"
-    s = gamma.double() / torch.sqrt(var.double() + float(arg(bn, "eps")))
-    return s, beta.double() - mean.double() * s
 
 
 def trace_producer(bn):

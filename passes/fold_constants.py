@@ -59,7 +59,6 @@ class FoldConstants(Pass):
                 continue
             hint = ed.specs[roots[0].name].target if roots and roots[0].name in ed.specs else node.name
             param = ed.add_param(f"{hint}_const", value.clone())
-            ed.params_folded += 1
             ed.replace(node, param)
             ed.match(node)
         removed = ed.dead_code(everything=True)

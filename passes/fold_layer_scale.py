@@ -26,27 +26,11 @@ Options: none.
 
 from __future__ import annotations
 
-import torch
-from torch import fx
-
 from edgeformer.ir import op_name
 
-from ._affine import channel_axis, fold_into_producer, per_channel
+from ._affine import channel_axis, fold_into_producer, per_channel, scaled_operand
 from ._graph import Editor, is_op, shape
 from .base import Pass, PassResult
-
-
-def scaled_operand(ed: Editor, mul: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
-    """``(value, scale)`` when ``mul`` multiplies a non-constant node by a constant."""
-    a, b = mul.args[0], mul.args[1]
-    for x, s in ((a, b), (b, a)):
-        if isinstance(x, fx.Node) and ed.const(x) is None:
-            if isinstance(s, (int, float)) and not isinstance(s, bool):
-                return x, torch.tensor(float(s), dtype=torch.float64)
-            value = ed.const(s)
-            if value is not None and value.is_floating_point():
-                return x, value
-    return None
 
 
 class FoldLayerScale(Pass):

@@ -20,10 +20,8 @@ Without a following per-channel multiply, one is inserted for γ (β still goes)
 
 With ``dw_conv=True`` (off by default; ARCHITECTURES.md EfficientFormer pitfall 6) ``c ⊙ (pool(y) − y)``
 becomes ``R ⊙ dwconv(y, c·ones(k×k)) − c ⊙ y`` with ``R`` the constant reciprocal window-count
-map (1/4 at corners, 1/6 on edges, 1/9 inside for 3×3): exact, but more ops than the pool.
-Measured (benchmarks/passes.py, 224², 2 threads, vs the default pipeline): PoolFormer-S12 1.0%
-slower on ONNX Runtime and 0.2% slower on OpenVINO, EfficientFormer-L1 within noise on both, so
-no target pipeline turns it on.
+map (1/4 at corners, 1/6 on edges, 1/9 inside for 3×3): exact, but more ops than the pool; it
+measured slower on both runtimes (docs/benchmarks.md), so no target pipeline turns it on.
 
 Must not fire when: the pool counts padding (count_include_pad=True with padding), has a
 divisor_override or a stride other than 1; the subtraction is not ``pool(y) − y``; the norm
@@ -36,8 +34,8 @@ scale as a depthwise 1×1 conv.  ORT's NCHWc layout transformer keeps convs, poo
 equal shapes in its blocked layout and folds an add into the conv that feeds it, but runs Sub and
 a broadcast Mul in plain NCHW, so the mixer used to cost a reorder out of and back into the blocked
 layout plus three elementwise passes; after it, the residual stream stays blocked and both adds
-ride in the convs.  PoolFormer-S12 on ORT (benchmarks/passes.py, 2 threads): see the pipeline
-note in passes/__init__.py.  OpenVINO gains nothing from it, so only ORT turns it on.
+ride in the convs.  Only the ORT target turns it on (figures: docs/benchmarks.md); OpenVINO fuses
+the plain form itself.
 
 Options: ``dw_conv`` (bool, default False) rewrites pool − identity as a depthwise conv;
 ``branch_convs`` (bool, default False) distributes the layer scale over the two branches as
@@ -54,10 +52,9 @@ from torch import fx
 
 from edgeformer.errors import UserError
 
-from ._affine import per_channel
+from ._affine import per_channel, scaled_operand
 from ._graph import Editor, arg, is_op, set_arg, shape
 from .base import Pass, PassResult
-from .fold_layer_scale import scaled_operand
 
 aten = torch.ops.aten
 
@@ -138,7 +135,6 @@ class FoldPoolMixer(Pass):
         value = scale.to(gamma.dtype).reshape(-1, 1, 1)
         hint = ed.specs[w_node.name].target if w_node is not None and w_node.name in ed.specs else "gamma"
         param = ed.add_param(hint + "_scale", value)
-        ed.params_folded += 1
         if mul is None:
             mul = ed.call(aten.mul.Tensor, (sub, param), before=next(iter(sub.users)), like=sub)
             sub.replace_all_uses_with(mul, delete_user_cb=lambda u: u is not mul)
@@ -163,7 +159,6 @@ class FoldPoolMixer(Pass):
         kernel = ed.add_param("pool_dw_conv.weight", (c.reshape(ch, 1, 1, 1) * torch.ones(ch, 1, *k)).to(dtype))
         recip = ed.add_param("pool_dw_conv.recip_count", (1.0 / count).to(dtype))
         cvec = ed.add_param("pool_dw_conv.scale", c.reshape(ch, 1, 1).to(dtype))
-        ed.params_folded += 3
         anchor = mul if mul is not None else sub
         conv = ed.call(aten.conv2d.default, (y, kernel, None, [1, 1], pad, [1, 1], ch), before=anchor, like=pool)
         avg = ed.call(aten.mul.Tensor, (conv, recip), before=anchor, like=pool)
@@ -178,7 +173,6 @@ class FoldPoolMixer(Pass):
         c = c.double() if c is not None else torch.ones(ch, dtype=torch.float64)
         w_pos = ed.add_param("pool_branch.scale", c.reshape(ch, 1, 1, 1).to(dtype))
         w_neg = ed.add_param("pool_branch.neg_scale", (-c).reshape(ch, 1, 1, 1).to(dtype))
-        ed.params_folded += 2
         anchor = mul if mul is not None else sub
         users = list(anchor.users)
         residual = users[0] if len(users) == 1 and is_op(users[0], "aten.add") else None

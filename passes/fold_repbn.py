@@ -31,10 +31,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ._affine import fold_into_consumer, per_channel, trace_consumers
+from ._affine import bn_affine, fold_into_consumer, per_channel, trace_consumers
 from ._graph import Editor, arg, is_op, shape, strip_permutes
 from .base import Pass, PassResult
-from .fold_batchnorm import bn_affine
 
 
 def _bn_branch(node):

@@ -21,10 +21,9 @@ view; with no affine all three are ``(x − μ)/√(σ² + ε)``.
 Why: exporters write ``group_norm`` with its affine even when it is gone.  ONNX: Reshape →
 InstanceNormalization → Reshape → Mul(ones) → Add(zeros); OpenVINO's frontend even adds
 Broadcast/Gather for the missing γ.  Folding γ and β away pays only once the norm is rewritten.
-Measured per op (64×56×56, 2 threads; benchmarks/passes.py for whole models): ORT 0.122 ms as
-GroupNorm, 0.116 ms as LayerNormalization (one single-threaded row), 0.077 ms as InstanceNorm;
-OpenVINO 0.222 / 0.209 (LayerNorm, best) / 0.253 ms.  Targets pick the form in TARGET_OPTIONS.
-PoolFormer-S12 without this pass (leave-one-out): 2.9% slower on ORT, 15.1% on OpenVINO.
+Each target picks the form its runtime runs fastest in its ``pipeline`` options (ORT:
+instance_norm, OpenVINO: layer_norm); the per-op and whole-model figures behind that choice are
+in docs/benchmarks.md (``lower_group_norm``).
 
 Must not fire when: the GroupNorm has more than one group (statistics per group, not per
 sample); it still has γ or β (LayerNorm's affine would need them expanded to (C, H, W)); the

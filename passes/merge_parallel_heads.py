@@ -93,7 +93,6 @@ class MergeParallelHeads(Pass):
             target = layer_name(ed, heads[0])
             wp = ed.add_param(f"{target}.merged.weight", w.to(ws[0].dtype))
             bp = ed.add_param(f"{target}.merged.bias", b.to(ws[0].dtype))
-            ed.params_folded += 2
             merged = ed.call(aten.linear.default, (x, wp, bp), before=end, like=heads[0])
             ed.replace(end, merged)
             ed.match(*heads, add, *([end] if end is not add else []))

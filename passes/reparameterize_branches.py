@@ -34,10 +34,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ._affine import CONVS
+from ._affine import CONVS, bn_affine
 from ._graph import Editor, arg, is_op, shape
 from .base import Pass, PassResult
-from .fold_batchnorm import bn_affine
 
 aten = torch.ops.aten
 
@@ -167,7 +166,6 @@ class ReparameterizeBranches(Pass):
         prefix = target.rsplit(".", 1)[0]
         wp = ed.add_param(f"{prefix}.rep.weight", weight)
         bp = ed.add_param(f"{prefix}.rep.bias", bias)
-        ed.params_folded += 2
         conv_op = convs[0].target
         conv = ed.call(conv_op, (args[0], wp, bp, *args[3:]), before=add, like=convs[0])
         ed.replace(add, conv)

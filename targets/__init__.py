@@ -1,26 +1,16 @@
-"""Target registry: name -> "module:Class", so listing targets imports no runtime SDK."""
+"""The targets: ``get_target(name)`` imports a target's module from ``edgeformer.target_names`` on demand,
+so listing targets imports no runtime SDK."""
 
 from __future__ import annotations
 
 import importlib
 
-from edgeformer.errors import UnknownNameError
+from edgeformer.errors import TargetUnavailableError, UnknownNameError
+from edgeformer.target_names import TARGETS, target_names
 
 from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
-TARGETS: dict[str, str] = {
-    "onnxruntime": "edgeformer.targets.onnxruntime:OnnxRuntimeTarget",
-    "openvino": "edgeformer.targets.openvino:OpenVinoTarget",
-    "tvm": "edgeformer.targets.tvm:TvmTarget",
-    "coreml": "edgeformer.targets.coreml:CoreMLTarget",
-    "executorch": "edgeformer.targets.executorch:ExecuTorchTarget",
-}
-
 __all__ = ["TARGETS", "CompileResult", "OpProfile", "OpTime", "Runner", "Target", "get_target", "target_names"]
-
-
-def target_names() -> list[str]:
-    return list(TARGETS)
 
 
 def get_target(name: str) -> Target:
@@ -35,7 +25,5 @@ def get_target(name: str) -> Target:
     except ModuleNotFoundError as err:
         if err.name != module:  # the target module exists but its own import failed: a bug
             raise
-        from edgeformer.errors import TargetUnavailableError
-
         raise TargetUnavailableError(f"target {name!r} is not part of this edgeformer build") from None
     return getattr(mod, cls)()

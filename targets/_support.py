@@ -13,27 +13,19 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from edgeformer.errors import UnsupportedOpError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edgeformer.ir import Graph
+from edgeformer.ir import Graph, op_name, source_path
 
 _log = logging.getLogger(__name__)
 
 
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
-
-
 def _module_path_and_class(node) -> tuple[str, str]:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
+    """("blocks.0.act", "GELU"): the innermost source module of a node and its class name."""
+    path = source_path(node)
+    if not path:
         return "", ""
-    path, cls = list(stack.values())[-1]
-    path = path.replace("L['self'].", "").replace("][", ".").replace("[", ".").replace("]", "")
+    cls = list(node.meta["nn_module_stack"].values())[-1][1]
     cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1].strip("'>")
     return path, cls_name
 
@@ -42,25 +34,21 @@ def node_sources(graph: Graph) -> dict[str, str]:
     """IR node name → dotted source module path, for every call node that has one (sorted)."""
     out = {}
     for node in graph.program.graph.nodes:
-        if node.op == "call_function":
-            path, _ = _module_path_and_class(node)
-            if path:
-                out[node.name] = path
+        if node.op == "call_function" and (path := source_path(node)):
+            out[node.name] = path
     return dict(sorted(out.items()))
 
 
 def _base(op: str) -> str:
     """aten.special_erfinv.default / aten::erfinv / erfinv → erfinv (decompositions rename a few)."""
     name = op.replace("::", ".")
-    parts = [p for p in name.split(".") if p not in ("aten", "default", "Tensor", "Scalar", "out")]
+    parts = [p for p in name.split(".") if p not in ("aten", "prims", "default", "Tensor", "Scalar", "out")]
     base = parts[0] if parts else name
     return base.removeprefix("special_").rstrip("_")
 
 
 def _matches(node, op: str) -> bool:
     """``op`` as a converter spells it (aten.lgamma.default, aten::lgamma, lgamma) vs an IR node."""
-    from edgeformer.ir import op_name
-
     return node.op == "call_function" and _base(op_name(node.target)) == _base(op)
 
 

@@ -1,9 +1,11 @@
 """The target interface every runtime backend implements.
 
-A target turns the (rewritten) IR into runtime files inside an artifact folder, loads them back
-as a runner, and reports per-op times in the common :class:`OpProfile` format.  Vendor SDKs are
-imported inside methods only, so listing targets never imports openvino, tvm, coremltools or
-executorch.
+A target owns its pass pipeline and pass options (``pipeline``) and declares the precisions it
+compiles (``precisions``).  It turns the rewritten IR into runtime files inside an artifact
+folder, loads an :class:`~edgeformer.artifact.Artifact` back as a runner, reports per-op times in
+the common :class:`OpProfile` format and, where it can, times an artifact on a device over the
+network (``profile_remote``).  Vendor SDKs are imported inside methods only, so listing targets
+never imports openvino, tvm, coremltools or executorch.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from edgeformer.errors import UserError
+from edgeformer.latency import Phases
+from edgeformer.machine import MachineInfo
+from edgeformer.passes import PIPELINES, Pipeline
+
 if TYPE_CHECKING:  # pragma: no cover
-    from edgeformer.device_profiles import Profile
+    from edgeformer.artifact import Artifact
+    from edgeformer.device_profiles import DeviceProfile
     from edgeformer.ir import Graph
-    from edgeformer.manifest import Manifest
 
 
 def dist_version(dist: str) -> str | None:
@@ -99,6 +106,33 @@ class OpProfile:
         )
 
 
+@dataclass
+class RemoteInfo:
+    """Where a remote measurement ran: the tracker, the device key and the server it handed out."""
+
+    tracker: str
+    key: str
+    server: str
+    number: int  # calls averaged per sample (1: every sample is one inference)
+    repeat: int  # samples
+    output_shapes: list[list[int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RemoteProfile:
+    """What ``Target.profile_remote`` measured on a device."""
+
+    phases: Phases  # load, first inference, warm-up, warm statistics
+    settings: dict  # runtime settings in effect on the device
+    machine: MachineInfo
+    remote: RemoteInfo
+    notes: list[str] = field(default_factory=list)
+    ops: OpProfile | None = None  # None: per-op times need a local runner
+
+
 class Runner(ABC):
     """A loaded artifact.  ``run`` takes and returns numpy arrays in manifest order."""
 
@@ -119,6 +153,11 @@ class Target(ABC):
     extra: ClassVar[str]  # pip extra that installs the runtime: pip install 'edgeformer[<extra>]'
     distributions: ClassVar[tuple[str, ...]]  # runtime distributions whose versions are recorded
     main_file: ClassVar[str]  # e.g. "model.onnx"
+    # The passes this target's artifacts are rewritten with, and their options (a profile and the
+    # CLI edit it).  Targets that need more than the exact pipeline override it.
+    pipeline: ClassVar[Pipeline] = Pipeline(PIPELINES["exact"])
+    # Compute precisions ``compile`` produces (the profile's ``options.precision``).
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
     # ------------------------------------------------------------------ availability / versions
     @classmethod
@@ -133,29 +172,45 @@ class Target(ABC):
     def versions(cls) -> dict[str, str]:
         return {d: v for d in cls.distributions if (v := dist_version(d))}
 
-    def can_run_here(self, profile: Profile) -> str | None:
+    def can_run_here(self, profile: DeviceProfile) -> str | None:
         """None when compiled artifacts can execute on this machine, else why not."""
         return None
 
     # --------------------------------------------------------------------------- compilation
-    def default_pipeline(self, profile: Profile) -> list[str]:
-        from edgeformer.passes import default_pipeline
+    def default_pipeline(self, profile: DeviceProfile) -> Pipeline:
+        """The pipeline artifacts for ``profile`` start from, before the profile's own edits."""
+        return self.pipeline
 
-        return default_pipeline(self.name)
-
-    def cache_options(self, profile: Profile) -> dict:
+    def cache_options(self, profile: DeviceProfile) -> dict:
         """Everything besides the IR and versions that changes the compiled files."""
         return profile.options.to_dict()
 
     @abstractmethod
-    def compile(self, graph: Graph, profile: Profile, out_dir: Path) -> CompileResult:
+    def compile(self, graph: Graph, profile: DeviceProfile, out_dir: Path) -> CompileResult:
         """Write runtime files into ``out_dir`` (a fresh temp folder) from the rewritten IR."""
 
     # ------------------------------------------------------------------------------ execution
     @abstractmethod
-    def load(self, artifact_dir: Path, manifest: Manifest, profile: Profile) -> Runner: ...
+    def load(self, artifact: Artifact) -> Runner:
+        """A runner for the compiled artifact (``artifact.path`` holds the runtime files)."""
 
-    def profile_ops(
-        self, artifact_dir: Path, manifest: Manifest, profile: Profile, inputs: Sequence[np.ndarray], runs: int
-    ) -> OpProfile:
+    def profile_ops(self, artifact: Artifact, inputs: Sequence[np.ndarray], runs: int) -> OpProfile:
+        """Per-op times from the runtime's own profiler over ``runs`` runs of ``inputs``."""
         raise NotImplementedError(f"{self.name} has no per-op profiler")
+
+    def profile_remote(
+        self,
+        artifact: Artifact,
+        *,
+        tracker: str,
+        key: str,
+        inputs: Sequence[np.ndarray],
+        min_runs: int = 50,
+        min_seconds: float = 1.0,
+        warmup: int = 1,
+    ) -> RemoteProfile:
+        """Time the artifact on a device registered under ``key`` with the TVM RPC ``tracker``."""
+        raise UserError(
+            f"remote profiling is not available for {self.name} artifacts",
+            "compile with a TVM profile (e.g. --profile rpi4-tvm) to profile over RPC",
+        )

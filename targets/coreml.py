@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
+from edgeformer.ir import op_name
 
-from ._support import first_line, quiet_sdk, unsupported_op_error
+from ._support import dtype_name, input_shapes, quiet_sdk, unsupported_op_error
 from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ _IDENTITY_OPS = ("aten.alias", "aten.alias_copy", "aten.detach", "aten.detach_co
 
 def _program(graph):
     """coremltools takes the ATen (inference) dialect, not torch.export's training IR."""
-    from edgeformer.ir import op_name
-
     program = graph.program.run_decompositions({})
     dropped = 0
     for node in list(program.graph.nodes):
@@ -100,8 +99,6 @@ def unconvertible_ops(program) -> list[str]:
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
     from coremltools.converters.mil.frontend.torch.utils import sanitize_op_kind
 
-    from edgeformer.ir import op_name
-
     missing = set()
     for node in program.graph.nodes:
         if node.op != "call_function":
@@ -117,8 +114,6 @@ def unconvertible_ops(program) -> list[str]:
 
 def _io_specs(graph) -> tuple[list[dict], list[dict]]:
     """Names, shapes and dtypes of the IR's inputs and outputs (from the exported program)."""
-    from ._support import dtype_name, input_shapes
-
     placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
     inputs = [
         {"name": name, "shape": shape, "dtype": dtype_name(placeholders[p].meta["val"].dtype)}
@@ -241,6 +236,7 @@ class CoreMLTarget(Target):
     extra = "coreml"
     distributions = ("coremltools",)
     main_file = PACKAGE
+    precisions = tuple(sorted(_PRECISIONS, reverse=True))
 
     def can_run_here(self, profile) -> str | None:
         reason = self.is_available()
@@ -331,21 +327,22 @@ class CoreMLTarget(Target):
         files = sorted(p.relative_to(out_dir).as_posix() for p in package.rglob("*") if p.is_file())
         return CompileResult(files=files, details=details, structural_checks=checks)
 
-    def load(self, artifact_dir: Path, manifest, profile) -> CoreMLRunner:
-        reason = self.can_run_here(profile)
+    def load(self, artifact) -> CoreMLRunner:
+        reason = self.can_run_here(artifact.profile)
         if reason:
-            raise UserError(f"cannot run {artifact_dir} here: {reason}")
-        return CoreMLRunner(Path(artifact_dir) / PACKAGE, profile.options)
+            raise UserError(f"cannot run {artifact.path} here: {reason}")
+        return CoreMLRunner(Path(artifact.path) / PACKAGE, artifact.profile.options)
 
-    def profile_ops(self, artifact_dir, manifest, profile, inputs, runs: int) -> OpProfile:
+    def profile_ops(self, artifact, inputs, runs: int) -> OpProfile:
         """macOS: each op's preferred compute unit and estimated cost share (Core ML's compute plan)."""
+        profile = artifact.profile
         reason = self.can_run_here(profile)
         if reason:
             raise UserError(f"Core ML latency and per-op profiles need macOS: {reason}")
         import coremltools as ct
         from coremltools.models.compute_plan import MLComputePlan
 
-        runner = self.load(artifact_dir, manifest, profile)
+        runner = self.load(artifact)
         runner.run(inputs)  # warm-up
         runs = max(1, runs)
         t0 = time.perf_counter()

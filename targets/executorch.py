@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
+from edgeformer.ir import source_path
 
-from ._support import first_line, quiet_sdk, unsupported_op_error
+from ._support import quiet_sdk, unsupported_op_error
 from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,6 @@ def _is_bookkeeping(node) -> bool:
     return node.target is operator.getitem or "executorch_call_delegate" in str(node.target)
 
 
-def _source(node) -> str | None:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return None
-    path = list(stack.values())[-1][0]
-    return path.replace("L['self'].", "").replace("][", ".").replace("[", ".").replace("]", "") or None
-
-
 def delegation(edge_program) -> dict:
     """Placement of the lowered edge program's ops: delegated to XNNPACK vs fallen back."""
     gm = edge_program.graph_module
@@ -79,7 +72,7 @@ def delegation(edge_program) -> dict:
         elif node.op == "call_function" and not _is_bookkeeping(node):
             label = _op_label(node.target)
             fallback[label] = fallback.get(label, 0) + 1
-            fallback_nodes.append({"op": label, "source": _source(node)})
+            fallback_nodes.append({"op": label, "source": source_path(node) or None})
     return {
         "delegate": _DELEGATE if subgraphs else None,
         "delegated_subgraphs": subgraphs,
@@ -240,18 +233,18 @@ class ExecuTorchTarget(Target):
             details["runs_on"] = opts.device
         return CompileResult(files=["model.pte"], details=details)
 
-    def load(self, artifact_dir: Path, manifest, profile) -> ExecuTorchRunner:
-        reason = self.can_run_here(profile)
+    def load(self, artifact) -> ExecuTorchRunner:
+        reason = self.can_run_here(artifact.profile)
         if reason:
-            raise UserError(f"cannot run {artifact_dir} here: {reason}")
-        return ExecuTorchRunner(Path(artifact_dir) / "model.pte", profile.options)
+            raise UserError(f"cannot run {artifact.path} here: {reason}")
+        return ExecuTorchRunner(Path(artifact.path) / "model.pte", artifact.profile.options)
 
-    def profile_ops(self, artifact_dir, manifest, profile, inputs, runs: int) -> OpProfile:
+    def profile_ops(self, artifact, inputs, runs: int) -> OpProfile:
         """Per-op times from ETDump (devtools Inspector); the first run is a warm-up and dropped."""
         from executorch.devtools import Inspector
 
         runs = max(1, runs)
-        runner = ExecuTorchRunner(Path(artifact_dir) / "model.pte", profile.options, etdump=True)
+        runner = ExecuTorchRunner(Path(artifact.path) / "model.pte", artifact.profile.options, etdump=True)
         t0 = 0.0
         for i in range(runs + 1):
             if i == 1:
@@ -262,7 +255,7 @@ class ExecuTorchTarget(Target):
             etdump, debug = Path(tmp) / "model.etdp", Path(tmp) / "debug.bin"
             runner.program.write_etdump_result_to_file(str(etdump), str(debug))
             inspector = Inspector(etdump_path=str(etdump))
-        fallback_nodes = ((getattr(manifest, "target_details", None) or {}).get("fallback_nodes")) or []
+        fallback_nodes = artifact.manifest.target_details.get("fallback_nodes") or []
         ops, e2e_ms, native_index, delegate_index = [], 0.0, 0, 0
         for block in inspector.event_blocks:
             if block.name != "Execute":

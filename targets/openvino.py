@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
+from edgeformer.passes import PIPELINES, Pipeline
 
-from ._support import first_line, input_shapes, node_sources, unsupported_op_error
+from ._support import input_shapes, node_sources, unsupported_op_error
 from .base import CompileResult, OpProfile, OpTime, Runner, Target
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,10 @@ class OpenVinoTarget(Target):
     extra = "openvino"
     distributions = ("openvino",)
     main_file = "model.xml"
+    # OpenVINO fuses GroupNorm(1, C) written as one LayerNorm into its MVN kernel (figures:
+    # docs/benchmarks.md); it fuses the pool mixer's plain form itself.
+    pipeline = Pipeline(PIPELINES["exact"], {"lower_group_norm": {"form": "layer_norm"}})
+    precisions = tuple(_PRECISION)
 
     def can_run_here(self, profile) -> str | None:
         reason = self.is_available()
@@ -302,13 +307,13 @@ class OpenVinoTarget(Target):
                 f"({cause.group(1) if cause else reason}); model.xml compiles on the device at load time"
             )
 
-    def load(self, artifact_dir: Path, manifest, profile) -> OpenVinoRunner:
-        reason = self.can_run_here(profile)
+    def load(self, artifact) -> OpenVinoRunner:
+        reason = self.can_run_here(artifact.profile)
         if reason:
-            raise UserError(f"cannot run {artifact_dir} here: {reason}")
-        return OpenVinoRunner(Path(artifact_dir), profile.options)
+            raise UserError(f"cannot run {artifact.path} here: {reason}")
+        return OpenVinoRunner(Path(artifact.path), artifact.profile.options)
 
-    def profile_ops(self, artifact_dir, manifest, profile, inputs, runs: int) -> OpProfile:
+    def profile_ops(self, artifact, inputs, runs: int) -> OpProfile:
         """Per-node times from OpenVINO's performance counters, mapped back to source modules.
 
         The CPU plugin reports each node's *mean since the request was created* (whole µs), so
@@ -316,7 +321,7 @@ class OpenVinoTarget(Target):
         ``warmup`` runs and again after ``runs`` more; the difference of the two running totals
         is the mean of the timed runs alone.
         """
-        runner = OpenVinoRunner(Path(artifact_dir), profile.options, perf_count=True)
+        runner = OpenVinoRunner(Path(artifact.path), artifact.profile.options, perf_count=True)
         runs, warmup = max(1, runs), 2
         for _ in range(warmup):
             runner.run(inputs)

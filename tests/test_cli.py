@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeformer.cli import main
+from edgeformer.cli import COMMANDS, build_parser, main
 
 
 def run_cli(capsys, *argv):
@@ -172,3 +173,44 @@ def test_console_script_exit_code_is_2(tmp_path):
     exe = Path(sys.executable).parent / "edgeformer"
     proc = subprocess.run([str(exe), "inspect", "no_such_model"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model" in proc.stderr
+
+
+HEAVY = ("torch", "numpy", "rich", "onnxruntime", "openvino", "tvm")
+
+
+def test_cli_and_every_command_module_import_nothing_heavy():
+    code = (
+        "import importlib, sys\n"
+        "import edgeformer.cli as cli\n"
+        "mods = [importlib.import_module(m.__name__) for m in cli.COMMANDS]\n"
+        "cli.build_parser().format_help()\n"
+        "print(len(mods), ','.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(COMMANDS))], f"importing the CLI imported {out.stdout.split()[1:]}"
+
+
+def test_every_command_module_has_name_add_parser_run_in_parser_order():
+    for m in COMMANDS:
+        assert isinstance(m.NAME, str) and callable(m.add_parser) and callable(m.run), m.__name__
+        assert m.__name__ == "edgeformer.cli." + m.NAME.replace("-", "_"), (m.__name__, m.NAME)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [m.NAME for m in COMMANDS]
+    assert all(sub.choices[m.NAME].get_default("fn") is m.run for m in COMMANDS)
+
+
+def test_rewrite_saves_the_ir_the_target_pipeline_produces(user_models, capsys):
+    from edgeformer import ir
+    from edgeformer.compiler import plan, rewrite
+
+    code, out, _ = run_cli(
+        capsys, "rewrite", "mymodels:tiny", "--input-shape", "1x3x8x8", "-o", "r.pt2", "--profile", "host-ort"
+    )
+    assert code == 0 and "wrote r.pt2" in out and "fold_batchnorm" in out
+    saved = ir.load(user_models / "r.pt2")
+    expected = rewrite(plan("mymodels:tiny", "host-ort", input_shapes=[(1, 3, 8, 8)])).graph
+    assert saved.hash() == expected.hash()
+    assert "aten.batch_norm" not in saved.summary().histogram  # the pipeline ran
+    code, out, _ = run_cli(capsys, "rewrite", "r.pt2", "-o", "r2.pt2", "--passes=-fold_batchnorm", "--json")
+    assert code == 0 and json.loads(out)["ir_hash"] == saved.hash()

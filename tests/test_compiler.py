@@ -116,7 +116,7 @@ def test_pt2_export_compiles_like_the_model(user_models, tmp_path):
     src = load_model("mymodels:tiny", input_shapes=[(1, 3, 16, 16)])
     pt2 = src.graph.save(tmp_path / "tiny.pt2")
     report = compile(str(pt2), "host-ort", user_models / "art")
-    assert report.manifest.model["source"] == "pt2"
+    assert report.manifest.model.source == "pt2"
     assert report.manifest.ir_hash == src.graph.hash()
 
 

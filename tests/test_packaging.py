@@ -33,7 +33,9 @@ def test_wheel_installs_passes_targets_profiles_only_under_edgeformer(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"edgeformer", f"edgeformer-{wheel.name.split('-')[1]}.dist-info"}, tops
     assert "edgeformer/profiles/host-ort.toml" in names
-    assert "edgeformer/passes/__init__.py" in names and "edgeformer/targets/onnxruntime.py" in names
+    assert "edgeformer/passes/__init__.py" in names and "edgeformer/targets/onnxruntime/__init__.py" in names
+    assert "edgeformer/targets/tvm/search.py" in names and "edgeformer/cli/compile.py" in names
+    assert "edgeformer/models/lmuformer/model.py" in names and "edgeformer/report/text.py" in names
     assert "edgeformer/schemas/profile.schema.json" in names
 
     venv = tmp_path / "venv"

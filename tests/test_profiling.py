@@ -10,7 +10,7 @@ import pytest
 
 from edgeformer.compiler import compile
 from edgeformer.manifest import schema
-from edgeformer.profiling import LatencyStats, measure, percentile, profile_artifact, time_calls
+from edgeformer.profiling import BudgetCheck, LatencyStats, measure, percentile, profile_artifact, time_calls
 from edgeformer.targets import OpProfile, OpTime
 
 
@@ -84,5 +84,6 @@ def test_latency_budget_is_reported(user_models, tmp_path):
     prof.write_text('name = "b"\ntarget = "onnxruntime"\n[budget]\nlatency_ms = 10000\n')
     compile("mymodels:tiny", str(prof), user_models / "art", input_shapes=[(1, 3, 16, 16)])
     report = profile_artifact(user_models / "art", min_runs=3, min_seconds=0.0, output=tmp_path / "p.json")
-    assert report.budget == {"latency_ms": 10000.0, "met": True}
+    assert report.budget == BudgetCheck(latency_ms=10000.0, met=True)
+    assert report.to_dict()["budget"] == {"latency_ms": 10000.0, "met": True}
     assert (tmp_path / "p.json").is_file()

@@ -6,16 +6,23 @@ import datetime as _dt
 import logging
 from pathlib import Path
 
-from .machine import machine_info
-from .measure import LatencyStats, Phases, measure, percentile, time_calls
-from .report import ProfileReport
+import edgeformer
+from edgeformer.latency import LatencyStats, Phases, measure, percentile, time_calls
+from edgeformer.machine import MachineInfo, machine_info
+from edgeformer.runtime import load_artifact
+
+from .report import ArtifactRef, BudgetCheck, LatencyReport, MeasurementSettings
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ArtifactRef",
+    "BudgetCheck",
+    "LatencyReport",
     "LatencyStats",
+    "MachineInfo",
+    "MeasurementSettings",
     "Phases",
-    "ProfileReport",
     "machine_info",
     "measure",
     "percentile",
@@ -37,31 +44,18 @@ def profile_artifact(
     remote: str | None = None,
     key: str | None = None,
     output: str | Path | None = None,
-) -> ProfileReport:
+) -> LatencyReport:
     """Measure an artifact; writes ``profile.json`` (default: inside the artifact folder)."""
-    import edgeformer
-    from edgeformer.runtime import load_artifact
-
     art = load_artifact(path)
     if threads is not None:
         art.profile.options.threads = threads
     inputs = art.example_inputs()
-    measurement = {"warmup": warmup, "min_runs": min_runs, "min_seconds": min_seconds, "cooldown_s": cooldown_s}
+    measurement = MeasurementSettings(warmup, min_runs, min_seconds, cooldown_s)
     notes: list[str] = []
     remote_info = None
     if remote:
-        profile_remote = getattr(art.target, "profile_remote", None)
-        if profile_remote is None:
-            from edgeformer.errors import UserError
-
-            raise UserError(
-                f"remote profiling is not available for {art.target.name} artifacts",
-                "compile with a TVM profile (e.g. --profile rpi4-tvm) to profile over RPC",
-            )
-        result = profile_remote(
-            art.path,
-            art.manifest,
-            art.profile,
+        result = art.target.profile_remote(
+            art,
             tracker=remote,
             key=key or (art.profile.remote.key if art.profile.remote else ""),
             inputs=inputs,
@@ -69,14 +63,9 @@ def profile_artifact(
             min_seconds=min_seconds,
             warmup=warmup,
         )
-        phases, settings, machine, remote_info = (
-            result["phases"],
-            result["settings"],
-            result["machine"],
-            result["remote"],
-        )
-        notes += result.get("notes", [])
-        op_profile = result.get("ops")
+        phases, settings, machine, remote_info = result.phases, result.settings, result.machine, result.remote
+        notes += result.notes
+        op_profile = result.ops
     else:
         art.check_inputs(inputs)
         runner, phases = measure(
@@ -92,28 +81,28 @@ def profile_artifact(
         op_profile = None
         if ops:
             try:
-                op_profile = art.target.profile_ops(art.path, art.manifest, art.profile, inputs, ops_runs).to_dict()
+                op_profile = art.target.profile_ops(art, inputs, ops_runs)
             except NotImplementedError as err:
                 notes.append(str(err))
     budget_ms = art.profile.budget.latency_ms
-    report = ProfileReport(
-        artifact={
-            "path": str(art.path),
-            "model": art.manifest.model.get("name", "?"),
-            "target": art.target.name,
-            "profile": art.profile.name,
-            "ir_hash": art.manifest.ir_hash,
-            "cache_key": art.manifest.cache_key,
-        },
+    report = LatencyReport(
+        artifact=ArtifactRef(
+            path=str(art.path),
+            model=art.manifest.model.name,
+            target=art.target.name,
+            profile=art.profile.name,
+            ir_hash=art.manifest.ir_hash,
+            cache_key=art.manifest.cache_key,
+        ),
         settings=settings,
         machine=machine,
         measurement=measurement,
         load_ms=phases.load_ms,
         first_inference_ms=phases.first_inference_ms,
         warmup_ms=phases.warmup_ms,
-        latency=phases.warm.to_dict(),
+        latency=phases.warm,
         ops=op_profile,
-        budget={"latency_ms": budget_ms, "met": phases.warm.median_ms <= budget_ms} if budget_ms else None,
+        budget=BudgetCheck(budget_ms, phases.warm.median_ms <= budget_ms) if budget_ms else None,
         remote=remote_info,
         kind="remote" if remote else "local",
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,4 +1,7 @@
-"""``profile.json``: the typed report, validated against ``schemas/profile.schema.json``."""
+"""``profile.json``: the typed :class:`LatencyReport`, validated against ``schemas/profile.schema.json``.
+
+Every field is a dataclass until :meth:`LatencyReport.to_dict`, the file boundary.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeformer.fsutil import atomic_write_json
+from edgeformer.latency import LatencyStats
+from edgeformer.machine import MachineInfo
 from edgeformer.manifest import validate
+from edgeformer.targets import OpProfile
+from edgeformer.targets.base import RemoteInfo
 
 SCHEMA_VERSION = 1
 
 
 @dataclass
-class ProfileReport:
-    artifact: dict  # path, model, target, profile, ir_hash, cache_key
-    settings: dict  # runtime settings in effect (threads, provider, hints)
-    machine: dict  # cpu model, cores, governor
-    measurement: dict  # warmup, min_runs, min_seconds, cooldown_s
+class ArtifactRef:
+    """Which artifact was measured."""
+
+    path: str
+    model: str
+    target: str
+    profile: str
+    ir_hash: str = ""
+    cache_key: str = ""
+
+
+@dataclass
+class MeasurementSettings:
+    warmup: int
+    min_runs: int
+    min_seconds: float
+    cooldown_s: float = 0.0
+
+
+@dataclass
+class BudgetCheck:
+    latency_ms: float
+    met: bool
+
+
+@dataclass
+class LatencyReport:
+    artifact: ArtifactRef
+    settings: dict  # runtime settings in effect (threads, provider, hints): each runtime its own keys
+    machine: MachineInfo
+    measurement: MeasurementSettings
     load_ms: float
     first_inference_ms: float
     warmup_ms: list[float]
-    latency: dict  # LatencyStats.to_dict()
-    ops: dict | None = None  # OpProfile.to_dict()
-    budget: dict | None = None  # {"latency_ms", "met"}
-    remote: dict | None = None  # {"tracker", "key"} when timed on a device over RPC
+    latency: LatencyStats
+    ops: OpProfile | None = None
+    budget: BudgetCheck | None = None
+    remote: RemoteInfo | None = None  # when timed on a device over RPC
     kind: str = "local"
     created_at: str = ""
     edgeformer_version: str = ""
@@ -32,10 +65,14 @@ class ProfileReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in ("artifact", "measurement", "latency", "ops", "budget", "remote"):
+            if d[key] is not None:
+                d[key] = dataclasses.asdict(d[key])
+        d["machine"] = self.machine.to_dict()
+        return d
 
     def write(self, path: str | Path) -> Path:
         data = self.to_dict()
         validate(data, "profile")
-        path = atomic_write_json(Path(path), data)
-        return path
+        return atomic_write_json(Path(path), data)

@@ -9,10 +9,13 @@ Options read from the profile: ``tvm_target`` (dict; ``mcpu = "native"`` = this 
 this CPU), ``tvm_host``, ``threads`` (runtime thread pool, and the target's ``num-cores``),
 ``cross_compiler`` and ``tuning_trials``; ``[remote]`` gives the RPC tracker and device key.
 
-Untuned TVM is about 100x slower than ORT on a CPU, so ``edgeformer tune`` (``tuning.tune``)
-stores a MetaSchedule database per profile and workload, and ``compile`` applies it, or warns
-that there is none.  Files: ``build.py`` (import, lowering, build, export), ``tuning.py``,
-``runner.py`` (Relax VM runner and per-op times), ``remote.py`` (profiling over the tracker).
+Untuned TVM is about 100x slower than ORT on a CPU, so ``edgeformer tune``
+(:func:`edgeformer.tuning.tune_model`, which calls :meth:`TvmTarget.tune`) stores a MetaSchedule
+database per profile and workload, and ``compile`` applies it, or warns that there is none.
+Files: ``build.py`` (import, lowering, build, export), ``search.py`` (the MetaSchedule search),
+``database.py`` (where databases live, reading, writing and applying them), ``runner.py``
+(Relax VM runner and per-op times), ``remote.py`` (profiling over the tracker), ``rpc.py``
+(tracker and servers).
 """
 
 from __future__ import annotations
@@ -21,41 +24,37 @@ import logging
 import os
 from pathlib import Path
 
-from ..base import CompileResult, OpProfile, Target
+from ..base import CompileResult, OpProfile, RemoteProfile, Target
 from . import build as tb
-from . import tuning
-from .tuning import TuneResult, tune, tune_model
+from . import database as db
+from . import search
+from .remote import profile_remote as _profile_remote
+from .runner import TvmRunner
+from .search import TuneResult
 
 # TVM's thread pool pins the *calling* thread to core 0 when it first runs parallel work, so
 # everything else in the process (ORT sessions, torch, the caller's own threads) is left on one
-# core.  Seen here: ORT on EfficientFormer-L1 went from 9 ms to 31.6 ms after a TVM compile.
+# core (figures: docs/benchmarks.md).
 os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 # TVM sizes its thread pool once, at the first parallel kernel, from TVM_NUM_THREADS, else from
 # half the logical CPUs on x86 (it assumes every core is hyper-threaded).  On a 2-vCPU VM with no
-# SMT that is ONE thread, and ``runtime.config_threadpool`` can only shrink the pool afterwards:
-# tuned L1 ran at 34 ms single-threaded instead of 17.7 ms.  Size the pool to the CPUs this
-# process may use; the profile's ``threads`` then picks how many of them run.
+# SMT that is ONE thread, and ``runtime.config_threadpool`` can only shrink the pool afterwards
+# (the cost: docs/benchmarks.md).  Size the pool to the CPUs this process may use; the profile's
+# ``threads`` then picks how many of them run.
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 os.environ.setdefault("TVM_NUM_THREADS", str(_CPUS))
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TuneResult", "TvmTarget", "profile_remote", "tune", "tune_model"]
-
-
-def profile_remote(artifact_dir, tracker: str, key: str, **kwargs) -> dict:
-    """Time ``artifact_dir/model.so`` on a device from the tracker; see ``remote.profile_remote``."""
-    from .remote import profile_remote as _remote
-
-    return _remote(artifact_dir, tracker, key, **kwargs)
+__all__ = ["TuneResult", "TvmTarget"]
 
 
 class TvmTarget(Target):
     name = "tvm"
     description = "Apache TVM (Relax): MetaSchedule-tuned model.so, cross-compiled, profiled over RPC"
     extra = "tvm"
-    distributions = ("apache-tvm", "apache-tvm-ffi")  # ffi: its ABI matters (see tuning.py)
+    distributions = ("apache-tvm", "apache-tvm-ffi")  # ffi: its ABI matters (see search.py)
     main_file = tb.LIBRARY
 
     @classmethod
@@ -81,16 +80,16 @@ class TvmTarget(Target):
     def cache_options(self, profile) -> dict:
         opts = profile.options.to_dict()
         opts["tvm_target"] = tb.target_dict(profile)  # "native" resolved: another CPU, another key
-        opts["tuning_database"] = tuning.database_digest(profile)
+        opts["tuning_database"] = db.database_digest(profile)
         return opts
 
     def compile(self, graph, profile, out_dir: Path) -> CompileResult:
         from tvm import relax
 
-        target, mod, key = tuning.prepare(graph, profile)
-        db_path = tuning.database_path(profile, key)
-        database = tuning.load_database(db_path)
-        n_funcs = sum(len(names) for names, _ in tuning.tunable_functions(mod).values())
+        target, mod, key = db.prepare(graph, profile)
+        db_path = db.database_path(profile, key)
+        database = db.load_database(db_path)
+        n_funcs = sum(len(names) for names, _ in db.tunable_functions(mod).values())
         applied = 0
         if database is None:
             log.warning(  # the compile still succeeds: untuned is correct, only slow
@@ -103,7 +102,7 @@ class TvmTarget(Target):
                 profile.name,
             )
         else:
-            mod, applied = tuning.apply_database(mod, target, database, profile.options.threads or 1)
+            mod, applied = db.apply_database(mod, target, database, profile.options.threads or 1)
         executable = tb.build(mod, target, tuned=applied > 0)
         tb.export(executable, out_dir / tb.LIBRARY, profile.options.cross_compiler)
         funcs = [gv.name_hint for gv, f in mod.functions.items() if not isinstance(f, relax.Function)]
@@ -131,13 +130,24 @@ class TvmTarget(Target):
         }
         return CompileResult(files=[tb.LIBRARY], details=details)
 
-    def load(self, artifact_dir: Path, manifest, profile):
-        from .runner import TvmRunner
+    # ---------------------------------------------------------------------------------- tuning
+    def tune(
+        self, graph, profile, *, trials: int | None = None, work_dir: str | Path | None = None, seed: int = 0
+    ) -> TuneResult:
+        """MetaSchedule-tune ``graph`` (the IR ``compile`` hands to :meth:`compile`) for ``profile``
+        and store the schedules where ``compile`` looks for them; see :mod:`.search`."""
+        return search.tune(graph, profile, trials=trials, work_dir=work_dir, seed=seed)
 
-        return TvmRunner(Path(artifact_dir), profile.options.threads)
+    def tuned_trials(self, graph, profile) -> int:
+        """Trials already stored for ``graph``'s workload under ``profile`` (0 without a database)."""
+        return db.tuned_trials(graph, profile)
 
-    def profile_ops(self, artifact_dir, manifest, profile, inputs, runs: int) -> OpProfile:
-        runner = self.load(artifact_dir, manifest, profile)
+    # ------------------------------------------------------------------------------- execution
+    def load(self, artifact):
+        return TvmRunner(Path(artifact.path), artifact.profile.options.threads)
+
+    def profile_ops(self, artifact, inputs, runs: int) -> OpProfile:
+        runner = self.load(artifact)
         try:
             return runner.profile_ops(inputs, runs)
         finally:
@@ -145,31 +155,34 @@ class TvmTarget(Target):
 
     def profile_remote(
         self,
-        artifact_dir,
-        manifest,
-        profile,
+        artifact,
         *,
         tracker: str,
         key: str,
-        inputs=None,
+        inputs,
         min_runs: int = 50,
         min_seconds: float = 1.0,
         warmup: int = 1,
-        **kwargs,
-    ) -> dict:
-        """The hook ``edgeformer.profiling.profile_artifact(remote=...)`` calls."""
-        timeout = profile.remote.timeout_s if profile.remote else 60.0
-        return profile_remote(
-            artifact_dir,
+        number: int = 1,
+        timeout_s: float | None = None,
+        cooldown_ms: int = 0,
+    ) -> RemoteProfile:
+        """Time ``model.so`` on a device from the tracker; see :mod:`.remote`."""
+        profile = artifact.profile
+        if timeout_s is None:
+            timeout_s = profile.remote.timeout_s if profile.remote else 60.0
+        return _profile_remote(
+            Path(artifact.path),
             tracker,
             key,
             inputs=inputs,
             min_runs=min_runs,
             min_seconds=min_seconds,
             warmup=warmup,
+            number=number,
             threads=profile.options.threads,
-            timeout_s=kwargs.pop("timeout_s", timeout),
-            **kwargs,
+            timeout_s=timeout_s,
+            cooldown_ms=cooldown_ms,
         )
 
 

@@ -16,7 +16,10 @@ import platform
 import shutil
 from pathlib import Path
 
-from edgeformer.errors import UnsupportedOpError, UserError
+from edgeformer.errors import UserError, first_line
+
+from .._support import unsupported_op_error
+from .fast_math import fast_math
 
 log = logging.getLogger(__name__)
 
@@ -89,33 +92,24 @@ def _norm_arch(arch: str) -> str:
 # ----------------------------------------------------------------------------------------- import
 
 
-def _source(node) -> str:
-    from edgeformer.ir import _source as source_of
-
-    return source_of(node)
-
-
-def check_supported(program) -> None:
-    """Raise UnsupportedOpError naming every op the TVM frontend cannot convert, and where from."""
+def check_supported(graph, program) -> None:
+    """Raise UnsupportedOpError naming every op of ``graph`` whose decomposition (``program``) the
+    TVM frontend cannot convert, and where each sits in the model."""
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
     known = ExportedProgramImporter().convert_map
-    missing: dict[str, list[str]] = {}
+    missing = set()
     for node in program.graph.nodes:
         if node.op != "call_function" or node.target.__name__ in known:
             continue
-        orig = node.meta.get("original_aten")
-        name = f"aten.{node.target.__name__.split('.')[0]}"
-        if orig is not None and getattr(orig, "__name__", "") != node.target.__name__:
-            name += f" (decomposed from aten.{orig.__name__.split('.')[0]})"
-        src = _source(node)
-        missing.setdefault(name, [])
-        if src and src not in missing[name]:
-            missing[name].append(src)
+        # Name the op as the user's IR has it: the one that was decomposed into this node.
+        orig = node.meta.get("original_aten") or node.target
+        missing.add(f"aten.{orig.__name__.split('.')[0]}")
     if missing:
-        parts = [f"{op}{' from ' + ', '.join(srcs) if srcs else ''}" for op, srcs in sorted(missing.items())]
-        raise UnsupportedOpError(
-            f"TVM's PyTorch frontend cannot convert {'; '.join(parts)}",
+        raise unsupported_op_error(
+            graph,
+            "TVM's PyTorch frontend",
+            missing,
             "rewrite that part of the model, or pick another target (see `edgeformer targets`)",
         )
 
@@ -128,13 +122,12 @@ def import_graph(graph):
 
     with torch.no_grad():
         program = graph.program.run_decompositions()
-    check_supported(program)
+    check_supported(graph, program)
     try:
         mod = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False)
     except Exception as err:  # noqa: BLE001 - converter failures come in many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"TVM's PyTorch frontend failed on {graph.name}: {first}",
+            f"TVM's PyTorch frontend failed on {graph.name}: {first_line(err)}",
             "run with --debug for the trace, or pick another target",
         ) from err
     mod, params = relax.frontend.detach_params(mod)
@@ -181,8 +174,6 @@ def lower(mod, target):
     """
     import tvm
     from tvm import relax
-
-    from .fast_math import fast_math
 
     seq = tvm.transform.Sequential(
         [

@@ -1,14 +1,12 @@
 """Vectorisable GELU / erf / tanh for TVM's CPU code.
 
-TVM lowers ``erf`` and ``tanh`` to scalar libm calls (``erff``), which LLVM cannot vectorise: on
-EfficientFormer-L1 the two stage-1/2 ``conv2d+add+gelu`` kernels took 8.6 of 21 ms, almost all of
-it in ``erff``.  ONNX Runtime and OpenVINO evaluate erf with a vectorised rational approximation;
-this pass gives TVM the same: ``relax.nn.gelu`` (erf form), ``relax.erf`` and ``relax.tanh``
-become TE computations on ``topi.fast_erf`` / ``topi.fast_tanh`` (Eigen's float approximations,
-clamped; measured here within 1.5e-6 of PyTorch's GELU on N(0, 3²) inputs, 3.6e-7 relative for
-tanh).  A 602k-element GELU went from 8.3 ms to 0.28 ms.  ``exp``/softmax are left alone:
-``fast_exp`` is 2e-6 relative, and they cost little in the zoo.  The numerics check of every
-compile covers the result.
+TVM lowers ``erf`` and ``tanh`` to scalar libm calls (``erff``), which LLVM cannot vectorise; on
+EfficientFormer-L1 that made GELU the largest cost of the early stages.  ONNX Runtime and OpenVINO
+evaluate erf with a vectorised rational approximation; this pass gives TVM the same:
+``relax.nn.gelu`` (erf form), ``relax.erf`` and ``relax.tanh`` become TE computations on
+``topi.fast_erf`` / ``topi.fast_tanh`` (Eigen's float approximations, clamped).  ``exp``/softmax
+are left alone: they cost little in the zoo.  The error and speed figures are in
+docs/benchmarks.md; the numerics check of every compile covers the result.
 """
 
 from __future__ import annotations

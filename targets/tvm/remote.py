@@ -19,7 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeformer.errors import UserError
+from edgeformer.latency import LatencyStats, Phases
+from edgeformer.machine import MachineInfo
 
+from ..base import RemoteInfo, RemoteProfile
+from . import rpc as erpc
 from .build import LIBRARY
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,6 @@ def _request(tracker: str, key: str, timeout_s: float):
     """A session on a free device under ``key``: (session, "host:port" of the server)."""
     from tvm import rpc
     from tvm.rpc import base
-
-    from edgeformer import rpc as erpc
 
     host, port = erpc.parse_address(tracker)
     summary = erpc.tracker_summary(tracker)  # UserError when unreachable
@@ -85,11 +87,11 @@ def _request(tracker: str, key: str, timeout_s: float):
 
 
 def profile_remote(
-    artifact_dir,
+    artifact_dir: Path,
     tracker: str,
     key: str,
     *,
-    inputs: Sequence[np.ndarray] | None = None,
+    inputs: Sequence[np.ndarray],
     min_runs: int = 50,
     min_seconds: float = 1.0,
     warmup: int = 1,
@@ -97,13 +99,8 @@ def profile_remote(
     threads: int = 0,
     timeout_s: float = 60.0,
     cooldown_ms: int = 0,
-) -> dict:
-    """Time the artifact on a device under ``key``; returns what ``profile_artifact`` reports.
-
-    Keys: ``phases`` (:class:`edgeformer.profiling.Phases`: load, first inference, warm-up,
-    warm statistics), ``settings``, ``machine``, ``remote`` (tracker, key, server, number,
-    repeat), ``notes`` and ``ops`` (None: per-op times need the local VM).
-    """
+) -> RemoteProfile:
+    """Time ``artifact_dir/model.so`` on a device under ``key`` with the artifact's ``inputs``."""
     if not key:
         raise UserError("remote profiling needs a device key", "pass --key KEY (or set [remote] key in the profile)")
     lib_path = Path(artifact_dir) / LIBRARY
@@ -111,10 +108,6 @@ def profile_remote(
         raise UserError(f"{artifact_dir} has no {LIBRARY}", "compile it with a TVM profile first")
     if number < 1:
         raise UserError(f"number must be >= 1, got {number}")
-    if inputs is None:  # the manifest's seeded example inputs, as local profiling uses
-        from edgeformer.runtime import load_artifact
-
-        inputs = load_artifact(artifact_dir).example_inputs()
     sess, server = _request(tracker, key, timeout_s)
     try:
         return _profile(
@@ -129,11 +122,9 @@ def profile_remote(
 
 def _profile(
     sess, server, lib_path, tracker, key, inputs, min_runs, min_seconds, warmup, number, threads, cooldown_ms
-) -> dict:
+) -> RemoteProfile:
     import tvm
     from tvm import relax
-
-    from edgeformer.profiling import LatencyStats, Phases
 
     t0 = time.perf_counter()
     sess.upload(str(lib_path))
@@ -169,9 +160,10 @@ def _profile(
     out_shapes = [list(t.shape) for t in _flatten(outputs)]
     remote_threads = int(sess.get_function("runtime.NumThreads")())
     machine = _remote_machine(sess, key)
-    return {
-        "phases": Phases(load_ms, first_ms, warm, stats),
-        "settings": {
+    machine.device_key, machine.server, machine.tracker = key, server, tracker
+    return RemoteProfile(
+        phases=Phases(load_ms, first_ms, warm, stats),
+        settings={
             "runtime": "tvm (relax VM over RPC)",
             "version": tvm.__version__,
             "device": "cpu",
@@ -181,32 +173,24 @@ def _profile(
             "number": number,
             "repeat": repeat,
         },
-        "machine": {**machine, "device_key": key, "server": server, "tracker": tracker},
-        "remote": {
-            "tracker": tracker,
-            "key": key,
-            "server": server,
-            "number": number,
-            "repeat": repeat,
-            "output_shapes": out_shapes,
-        },
-        "notes": [
+        machine=machine,
+        remote=RemoteInfo(tracker, key, server, number, repeat, out_shapes),
+        notes=[
             f"timed on the device by TVM's time_evaluator: {repeat} repeats x number={number}; "
             "TVM reports the mean of each repeat",
             "load and first-inference times are client wall times and include the upload and RPC round trips",
         ],
-        "ops": None,
-    }
+    )
 
 
-def _remote_machine(sess, key: str) -> dict:
+def _remote_machine(sess, key: str) -> MachineInfo:
     """The device's CPU as its server reports it (edgeformer's servers register this function)."""
     import json
 
     try:
-        return json.loads(sess.get_function("edgeformer.machine_info")())
+        return MachineInfo.from_dict(json.loads(sess.get_function("edgeformer.machine_info")()))
     except Exception:  # noqa: BLE001 - a plain TVM server does not have it
-        return {"cpu_model": f"unknown (TVM RPC device {key!r})", "logical_cores": 0}
+        return MachineInfo(cpu_model=f"unknown (TVM RPC device {key!r})", logical_cores=0)
 
 
 def _flatten(out) -> list:

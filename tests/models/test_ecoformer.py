@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from edgeformer import ir
 from edgeformer.models import build_model, get_spec
+from edgeformer.models.cost import count_mul_add
 from edgeformer.models.ecoformer import (
     EcoFormerAttention,
     KernelSH,
     binarize,
-    count_mul_add,
     ecoformer_pvt_v2_b0,
     fit_hash,
     fit_hashes,
@@ -224,6 +224,33 @@ def test_count_mul_add_of_linear_and_conv_layers_matches_hand_count():
     r = count_mul_add(torch.nn.Conv2d(2, 4, 3, padding=1, groups=2), torch.randn(1, 2, 4, 4))
     assert (r.mul, r.add) == (64 * 9, 64 * 9)  # 64 outputs × 9 products, 8 adds + bias
     assert r.energy_pj == pytest.approx(3.7 * 576 + 0.9 * 576)
+
+
+def test_count_mul_add_counts_any_model_and_its_extra_mul_add_hooks():
+    class Scale(torch.nn.Module):  # not an EcoFormer module: only the _extra_mul_add protocol
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(2, 3, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.conv(x) * 2.0
+
+        def _extra_mul_add(self, inputs, output):
+            return output.numel(), 0
+
+    model = torch.nn.Sequential(Scale(), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    r = count_mul_add(model, torch.randn(1, 2, 4))
+    assert r.by_module == {"0": (12, 0), "0.conv": (12 * 6, 12 * 5), "3": (12, 11 + 1)}
+    assert (r.mul, r.add) == (12 + 72 + 12, 60 + 12)
+    assert r.format() == f"mul 0.000 B, add 0.000 B, energy {r.energy_pj / 1e9:.3f} B pJ"
+    assert all(not m._forward_hooks for m in model.modules())  # the hooks are removed again
+
+
+def test_count_mul_add_removes_its_hooks_when_the_forward_raises():
+    lin = torch.nn.Linear(3, 2)
+    with pytest.raises(RuntimeError):
+        count_mul_add(lin, torch.randn(1, 4, 5))
+    assert not lin._forward_hooks
 
 
 def test_count_mul_add_of_ecoformer_attention_matches_hand_count():

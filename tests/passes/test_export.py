@@ -11,7 +11,7 @@ from _helper import assert_close, randomize
 
 from edgeformer.ir import export
 from edgeformer.models import build_model, get_spec
-from edgeformer.passes import PassManager, default_options, default_pipeline
+from edgeformer.targets import get_target
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -23,8 +23,7 @@ def test_rewritten_zoo_program_exports_to_onnx_and_matches_in_ort(name, tmp_path
     from edgeformer.targets.onnxruntime import export_onnx
 
     graph = export(randomize(build_model(name)), get_spec(name).example_inputs(), name=name)
-    pipeline = default_pipeline("onnxruntime")
-    new, records = PassManager(pipeline, check=False, options=default_options("onnxruntime", pipeline)).run(graph)
+    new, records = get_target("onnxruntime").pipeline.manager(check=False).run(graph)
     assert sum(r.params_folded for r in records) > 0
     export_onnx(new, tmp_path / "m.onnx")
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

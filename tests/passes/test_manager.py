@@ -10,7 +10,6 @@ import torch
 from _helper import run_pass, tiny_graph
 from torch import nn
 
-import edgeformer.passes as passes
 from edgeformer.errors import UnknownNameError, UserError
 from edgeformer.passes import (
     PIPELINES,
@@ -18,14 +17,14 @@ from edgeformer.passes import (
     PassCheckError,
     PassManager,
     PassResult,
-    default_options,
-    default_pipeline,
+    _registry,
     describe_passes,
     pass_names,
     register,
     resolve_pipeline,
 )
 from edgeformer.passes._graph import Editor, arg, is_op
+from edgeformer.targets import TARGETS, get_target
 
 
 class ShiftHeadBias(Pass):
@@ -67,7 +66,7 @@ class Corrupt(Pass):
 @pytest.fixture
 def test_passes(monkeypatch):
     for cls in (ShiftHeadBias, Approximate, Corrupt):
-        monkeypatch.setitem(passes._PASSES, cls.name, cls)
+        monkeypatch.setitem(_registry._PASSES, cls.name, cls)
 
 
 class ConvBNHead(nn.Module):
@@ -96,7 +95,7 @@ def test_fails_when_small_exact_drifts_accumulate_beyond_tolerance(test_passes, 
     class Second(ShiftHeadBias):
         name = "shift_again"
 
-    monkeypatch.setitem(passes._PASSES, Second.name, Second)
+    monkeypatch.setitem(_registry._PASSES, Second.name, Second)
     opts = {"shift_head_bias": {"shift": 6e-6}, "shift_again": {"shift": 6e-6}}
     with pytest.raises(PassCheckError, match="'shift_again'.*accumulated"):
         PassManager(["shift_head_bias", "shift_again"], options=opts).run(graph())
@@ -169,7 +168,7 @@ def test_string_options_from_profiles_are_typed():
 
 
 def test_resolve_pipeline_applies_profile_lists_then_cli_edits():
-    base = default_pipeline("onnxruntime")
+    base = list(PIPELINES["exact"])
     assert resolve_pipeline(base, edits="-fold_batchnorm,-fold_constants") == [
         n for n in base if n not in ("fold_batchnorm", "fold_constants")
     ]
@@ -180,25 +179,27 @@ def test_resolve_pipeline_applies_profile_lists_then_cli_edits():
         resolve_pipeline(base, edits="+fold_batchnrom")
 
 
-def test_every_target_default_pipeline_holds_each_exact_pass_once():
-    for target in ("onnxruntime", "openvino", "tvm", "coreml", "executorch", "unknown-target"):
-        pipeline = default_pipeline(target)
+def test_every_target_pipeline_holds_each_exact_pass_once():
+    for name in TARGETS:
+        pipeline = get_target(name).pipeline.names
         assert sorted(pipeline) == sorted(pass_names()) and len(set(pipeline)) == len(pipeline)
     assert PIPELINES["exact"].index("reparameterize_branches") < PIPELINES["exact"].index("fold_batchnorm")
     assert PIPELINES["exact"].index("fold_batchnorm") < PIPELINES["exact"].index("fold_layer_scale")
 
 
 def test_target_options_are_limited_to_the_pipeline_and_accepted_by_the_manager():
-    pipeline = default_pipeline("onnxruntime")
-    assert default_options("onnxruntime", pipeline) == {
+    pipeline = get_target("onnxruntime").pipeline
+    assert pipeline.options == {
         "fold_pool_mixer": {"branch_convs": True},
         "lower_group_norm": {"form": "instance_norm"},
     }
-    others = [n for n in pipeline if n not in ("lower_group_norm", "fold_pool_mixer")]
-    assert default_options("onnxruntime", others) == {}
-    pm = PassManager(pipeline, options=default_options("onnxruntime", pipeline))
+    edited = pipeline.edited(drop=["lower_group_norm", "fold_pool_mixer"])
+    assert edited.options == {} and "lower_group_norm" not in edited.names
+    assert pipeline.edited(edits="-fold_pool_mixer").options == {"lower_group_norm": {"form": "instance_norm"}}
+    pm = pipeline.manager()
     assert next(p for p in pm.passes if p.name == "lower_group_norm").options.form == "instance_norm"
     assert next(p for p in pm.passes if p.name == "fold_pool_mixer").options.branch_convs is True
+    assert get_target("openvino").pipeline.options == {"lower_group_norm": {"form": "layer_norm"}}
 
 
 def test_describe_passes_lists_names_summaries_and_exactness():

@@ -11,8 +11,9 @@ from torch import fx
 
 from edgeformer.ir import export
 from edgeformer.models import build_model, get_spec, list_models
-from edgeformer.passes import PassManager, default_options, default_pipeline
+from edgeformer.passes import PassManager
 from edgeformer.passes._graph import Editor, is_op
+from edgeformer.targets import get_target
 
 TINY = [s.name for s in list_models() if "tiny" in s.name]
 
@@ -56,9 +57,7 @@ def test_default_pipeline_keeps_outputs_and_removes_batchnorm_and_layer_scales(n
     spec = get_spec(name)
     graph = export(randomize(build_model(name)), spec.example_inputs(), name=name)
     before = graph.summary().histogram
-    pipeline = default_pipeline("onnxruntime")
-    opts = default_options("onnxruntime", pipeline)
-    new, records = PassManager(pipeline, check=True, explain=True, options=opts).run(graph)
+    new, records = get_target("onnxruntime").pipeline.manager(check=True, explain=True).run(graph)
     after = new.summary().histogram
     print(f"\n{name}: {sum(before.values())} -> {sum(after.values())} ops\n{_table(before, after)}")
     fresh = spec.example_inputs(seed=1)
@@ -80,7 +79,7 @@ def test_pool_mixer_keeps_one_merged_multiply_per_block():
     name = "poolformer_tiny"
     graph = export(randomize(build_model(name)), get_spec(name).example_inputs(), name=name)
     mixers = _pool_mixer_scales(graph)
-    new, _ = PassManager(default_pipeline("onnxruntime")).run(graph)
+    new, _ = PassManager(list(get_target("onnxruntime").pipeline.names)).run(graph)
     after = new.summary().histogram
     assert mixers > 0 and _pool_mixer_scales(new) == mixers
     assert after["aten.mul"] == mixers  # ls2 folded into fc2; GN affines folded or cancelled

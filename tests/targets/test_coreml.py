@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgeformer import ir
+from edgeformer.artifact import Artifact
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
 from edgeformer.manifest import file_entries
@@ -182,9 +183,9 @@ def test_linux_says_core_ml_execution_needs_macos(compiled):
     reason = target.can_run_here(profile)
     assert reason and "needs macOS" in reason
     with pytest.raises(UserError, match="macOS"):
-        target.load(out, None, profile)
+        target.load(Artifact(out, None, profile))
     with pytest.raises(UserError, match="Core ML latency and per-op profiles need macOS"):
-        target.profile_ops(out, None, profile, [t.numpy() for t in graph.example_inputs], 2)
+        target.profile_ops(Artifact(out, None, profile), [t.numpy() for t in graph.example_inputs], 2)
 
 
 @pytest.mark.skipif(not MACOS, reason="Core ML prediction needs macOS (coremltools cannot predict on Linux)")
@@ -196,10 +197,10 @@ def test_macos_predicts_within_tolerance_and_profiles_ops(tmp_path):
     _compile(graph, profile, tmp_path)
     target = get_target("coreml")
     assert target.can_run_here(profile) is None
-    got = target.load(tmp_path, None, profile).run([t.numpy() for t in graph.example_inputs])
+    got = target.load(Artifact(tmp_path, None, profile)).run([t.numpy() for t in graph.example_inputs])
     ref = ir.run(graph, graph.example_inputs)[0].numpy()
     assert np.abs(got[0] - ref).max() <= 1e-4  # fp32 on CPU (coremltools compare_backend)
-    prof = target.profile_ops(tmp_path, None, profile, [t.numpy() for t in graph.example_inputs], 3)
+    prof = target.profile_ops(Artifact(tmp_path, None, profile), [t.numpy() for t in graph.example_inputs], 3)
     assert prof.ops and prof.by_device
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgeformer import ir
+from edgeformer.artifact import Artifact
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
 from edgeformer.targets import get_target
@@ -96,7 +97,7 @@ def test_outputs_match_pytorch_within_fp32_tolerance(compiled):
     graph, profile, out, _ = compiled
     target = get_target("executorch")
     assert target.can_run_here(profile) is None
-    runner = target.load(out, None, profile)
+    runner = target.load(Artifact(out, None, profile))
     got = runner.run([t.numpy() for t in graph.example_inputs])
     for a, b in zip(got, _reference(graph)):
         assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4
@@ -116,14 +117,18 @@ def test_partitioner_none_runs_everything_on_portable_kernels(tmp_path):
     result = _compile(graph, profile, tmp_path)
     assert result.details["delegated_ops"] == 0 and result.details["delegate"] is None
     assert result.details["fallback_ops"] > 3
-    got = get_target("executorch").load(tmp_path, None, profile).run([t.numpy() for t in graph.example_inputs])
+    got = (
+        get_target("executorch").load(Artifact(tmp_path, None, profile)).run([t.numpy() for t in graph.example_inputs])
+    )
     assert np.abs(got[0] - _reference(graph)[0]).max() <= 1e-4
 
 
 def test_per_op_profile_from_etdump_in_the_common_format(compiled):
     graph, profile, out, result = compiled
     manifest = SimpleNamespace(target_details=result.details)
-    prof = get_target("executorch").profile_ops(out, manifest, profile, [t.numpy() for t in graph.example_inputs], 4)
+    prof = get_target("executorch").profile_ops(
+        Artifact(out, manifest, profile), [t.numpy() for t in graph.example_inputs], 4
+    )
     assert prof.runtime == "executorch" and prof.runs == 4
     times = [o.time_ms for o in prof.ops]
     assert times == sorted(times, reverse=True)
@@ -153,7 +158,7 @@ def test_android_profile_compiles_but_says_it_needs_the_device(tmp_path):
     reason = target.can_run_here(profile)
     assert reason and "arm64 Android" in reason
     with pytest.raises(UserError, match="arm64 Android"):
-        target.load(tmp_path, None, profile)
+        target.load(Artifact(tmp_path, None, profile))
 
 
 @pytest.mark.parametrize("name", ["efficientformer_tiny", "poolformer_tiny", "lmuformer_tiny"])
@@ -165,7 +170,7 @@ def test_zoo_tiny_models_match_pytorch(name, tmp_path):
     profile = load_profile("host-executorch")
     result = _compile(graph, profile, tmp_path)
     assert result.details["delegated_ops"] > 0
-    got = get_target("executorch").load(tmp_path, None, profile).run([t.numpy() for t in inputs])
+    got = get_target("executorch").load(Artifact(tmp_path, None, profile)).run([t.numpy() for t in inputs])
     for a, b in zip(got, _reference(graph)):
         assert np.abs(a - b).max() <= 1e-4, f"{name}: max abs error {np.abs(a - b).max():.3g}"
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgeformer import ir
+from edgeformer.artifact import Artifact
 from edgeformer.device_profiles import load_profile
 from edgeformer.errors import UnsupportedOpError, UserError
 from edgeformer.targets import base, get_target
@@ -97,7 +98,7 @@ def test_outputs_match_pytorch_within_fp32_tolerance(compiled):
     graph, profile, out, _ = compiled
     target = get_target("openvino")
     assert target.can_run_here(profile) is None
-    runner = target.load(out, None, profile)
+    runner = target.load(Artifact(out, None, profile))
     x = [t.numpy() for t in graph.example_inputs]
     got = runner.run(x)
     ref = [t.numpy() for t in ir.run(graph, graph.example_inputs)]
@@ -109,7 +110,7 @@ def test_outputs_match_pytorch_within_fp32_tolerance(compiled):
 
 def test_fp32_profile_pins_f32_even_on_bf16_capable_cpus(compiled):
     _, profile, out, _ = compiled
-    runner = get_target("openvino").load(out, None, profile)
+    runner = get_target("openvino").load(Artifact(out, None, profile))
     settings = runner.settings()
     assert settings["inference_precision"] == "f32"
     assert settings["performance_hint"] == "LATENCY"
@@ -137,7 +138,7 @@ def test_bf16_runs_where_the_cpu_supports_it_and_fails_clearly_where_not(tmp_pat
         return
     result = _compile(graph, profile, tmp_path)
     assert result.details["compiled_precision"] == "bf16"
-    runner = get_target("openvino").load(tmp_path, None, profile)
+    runner = get_target("openvino").load(Artifact(tmp_path, None, profile))
     assert runner.settings()["inference_precision"] == "bf16"
     got = runner.run([t.numpy() for t in graph.example_inputs])[0]
     ref = ir.run(graph, graph.example_inputs)[0].numpy()
@@ -163,7 +164,9 @@ def test_precision_the_device_lacks_fails_at_compile_naming_the_capabilities(tmp
 
 def test_per_op_profile_uses_performance_counters_in_the_common_format(compiled):
     graph, profile, out, _ = compiled
-    prof = get_target("openvino").profile_ops(out, None, profile, [t.numpy() for t in graph.example_inputs], 5)
+    prof = get_target("openvino").profile_ops(
+        Artifact(out, None, profile), [t.numpy() for t in graph.example_inputs], 5
+    )
     assert prof.runtime == "openvino" and prof.runs == 5
     assert prof.ops, "no executed nodes reported"
     times = [o.time_ms for o in prof.ops]
@@ -199,7 +202,7 @@ def test_npu_profile_compiles_ahead_of_time_and_says_it_needs_the_device(tmp_pat
     reason = target.can_run_here(profile)
     assert reason and "NPU" in reason and "ahead of time" in reason
     with pytest.raises(UserError, match="NPU"):
-        target.load(tmp_path, None, profile)
+        target.load(Artifact(tmp_path, None, profile))
 
 
 def test_missing_sdk_fails_compile_with_exit_code_2_and_writes_nothing(monkeypatch, tmp_path):
@@ -223,7 +226,7 @@ def test_zoo_tiny_models_match_pytorch(name, tmp_path):
     inputs = graph.example_inputs
     profile = load_profile("host-openvino")
     _compile(graph, profile, tmp_path)
-    got = get_target("openvino").load(tmp_path, None, profile).run([t.numpy() for t in inputs])
+    got = get_target("openvino").load(Artifact(tmp_path, None, profile)).run([t.numpy() for t in inputs])
     ref = [t.numpy() for t in ir.run(graph, inputs)]
     for a, b in zip(got, ref):
         assert np.abs(a - b).max() <= 1e-4, f"{name}: max abs error {np.abs(a - b).max():.3g}"

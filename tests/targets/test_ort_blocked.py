@@ -1,4 +1,4 @@
-"""ONNX Runtime target: whole-sample norms run on ORT's blocked (NCHWc) tensors (_ort_blocked.py)."""
+"""ONNX Runtime target: whole-sample norms run on ORT's blocked (NCHWc) tensors (targets/onnxruntime/blocked.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from torch import nn
 
 from edgeformer.ir import export
 from edgeformer.passes import PassManager
-from edgeformer.targets._ort_blocked import run_norms_blocked
-from edgeformer.targets.onnxruntime import _ort_subprocess, export_onnx, optimize_for_host
+from edgeformer.targets.onnxruntime import export_onnx, optimize_for_host
+from edgeformer.targets.onnxruntime.blocked import run_norms_blocked
+from edgeformer.targets.onnxruntime.optimize import _ort_subprocess
 
 # ORT writes NCHWc nodes only where MLAS has blocked kernels (x86-64 with AVX2 or AVX-512).
 pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="NCHWc needs x86-64")

@@ -1,4 +1,5 @@
-"""TVM target: compile + numerics, tuning database, cross-compilation, per-op profile, errors.
+"""TVM target: compile + numerics, tuning database, cross-compilation, per-op profile, errors,
+and ``edgeformer.tuning`` tuning the very graph ``compile`` builds.
 
 Every test needs apache-tvm; CI always has it, so a missing install fails here (no skips).
 The model is tiny and tuning uses a handful of trials: the real tuning is the benchmark's job.
@@ -18,12 +19,14 @@ import pytest
 import torch
 from torch import nn
 
-from edgeformer import ir
+from edgeformer import compiler, ir, tuning
+from edgeformer.artifact import Artifact
 from edgeformer.device_profiles import load_profile, parse_profile
 from edgeformer.errors import UnsupportedOpError, UserError
+from edgeformer.passes._pipeline import Pipeline
 from edgeformer.targets import get_target
+from edgeformer.targets.tvm import TvmTarget, database
 from edgeformer.targets.tvm import build as tb
-from edgeformer.targets.tvm import tuning
 
 EM_AARCH64 = 183
 
@@ -80,8 +83,13 @@ def _compile(graph, profile, out_dir):
     return get_target("tvm").compile(graph, profile, out_dir)
 
 
+def _artifact(out_dir, profile):
+    """A folder ``TvmTarget.compile`` wrote (no manifest: the target reads only the path and profile)."""
+    return Artifact(Path(out_dir), None, profile)
+
+
 def _run(out_dir, profile, inputs):
-    runner = get_target("tvm").load(out_dir, None, profile)
+    runner = get_target("tvm").load(_artifact(out_dir, profile))
     try:
         return runner.run(inputs)
     finally:
@@ -123,14 +131,19 @@ class Mlp(nn.Module):
 
 def test_tune_writes_database_that_compile_applies(tmp_path):
     graph, prof = _graph(Mlp(), shape=(64, 256), name="mlp"), _host()
-    before = get_target("tvm").cache_options(prof)["tuning_database"]
-    result = tuning.tune(graph, prof, trials=6)
-    db_path = tuning.database_path(prof, result.workload)
+    target = get_target("tvm")
+    before = target.cache_options(prof)["tuning_database"]
+    assert target.tuned_trials(graph, prof) == 0
+    result = target.tune(graph, prof, trials=6)
+    db_path = database.database_path(prof, result.workload)
     assert result.database == str(db_path) and db_path.is_file()
     assert db_path.is_relative_to(os.environ["EDGEFORMER_CACHE_DIR"])  # the per-profile cache root
     assert db_path.parent.parent.name == prof.name
-    data = json.loads(db_path.read_text())
-    assert data["format"] == tuning.DB_FORMAT and data["history"][-1]["trials"] == 6
+    raw = db_path.read_text()
+    data = json.loads(raw)
+    assert data["format"] == database.DB_FORMAT and data["history"][-1]["trials"] == 6
+    assert raw == json.dumps(data, indent=1, sort_keys=True) + "\n"  # the format databases always had
+    assert target.tuned_trials(graph, prof) == 6
     assert result.trials == 6 and result.tasks >= 2
     # Compile finds the database, applies what it has, and still matches PyTorch.
     compiled = _compile(graph, prof, tmp_path / "tuned")
@@ -147,13 +160,66 @@ def test_tune_writes_database_that_compile_applies(tmp_path):
     # The compile cache key moves with the database, so a pre-tuning artifact is not reused.
     assert get_target("tvm").cache_options(prof)["tuning_database"] not in (None, before)
     # A second run continues from the database.
-    again = tuning.tune(graph, prof, trials=2)
-    assert again.continued and len(again.runs) == 2
+    again = target.tune(graph, prof, trials=2)
+    assert again.continued and len(again.runs) == 2 and target.tuned_trials(graph, prof) == 8
 
 
 def test_tune_refuses_a_cross_profile():
     with pytest.raises(UserError, match="only tunes for this CPU"):
-        tuning.tune(_graph(), load_profile("rpi4-tvm"), trials=1)
+        get_target("tvm").tune(_graph(), load_profile("rpi4-tvm"), trials=1)
+
+
+def test_tune_model_refuses_a_profile_of_another_target():
+    with pytest.raises(UserError, match="profile host-ort uses target onnxruntime; only TVM profiles are tuned") as err:
+        tuning.tune_model("poolformer_tiny", "host-ort", trials=1)
+    assert "--profile host-tvm" in str(err.value)
+
+
+class GroupNormNet(nn.Module):
+    """An affine-free GroupNorm(1, C): ``lower_group_norm`` rewrites it in the form its options say."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(1, 8, affine=False)
+
+    def forward(self, x):
+        return torch.relu(self.norm(self.conv(x)))
+
+
+def test_tuning_tunes_the_graph_compile_builds_with_the_targets_pass_options(tmp_path, monkeypatch):
+    """Tuning once re-ran the pipeline without the target's pass options: the day TVM had one, it
+    tuned another graph than compile built, and the database (keyed by it) never applied."""
+    torch.manual_seed(0)
+    model, shapes, prof = GroupNormNet().eval(), [(1, 3, 8, 8)], _host()
+    default = TvmTarget.pipeline
+    assert "lower_group_norm" in default.names and not default.options
+    monkeypatch.setattr(TvmTarget, "pipeline", Pipeline(default.names, {"lower_group_norm": {"form": "instance_norm"}}))
+
+    tuned, built = [], []
+    monkeypatch.setattr(TvmTarget, "tune", lambda self, graph, profile, **kw: tuned.append(graph))
+
+    class Built(Exception):
+        pass
+
+    def compile_stub(self, graph, profile, out_dir):
+        built.append(graph)
+        raise Built
+
+    monkeypatch.setattr(TvmTarget, "compile", compile_stub)
+    tuning.tune_model(model, prof, trials=1, input_shapes=shapes)
+    with pytest.raises(Built):
+        compiler.compile(model, prof, tmp_path / "out", input_shapes=shapes, use_cache=False)
+    monkeypatch.setattr(TvmTarget, "pipeline", default)
+    plain = tuning.workload(model, prof, input_shapes=shapes).graph
+
+    def key(graph):  # the database's workload key
+        return tb.workload_key(tb.import_graph(graph)[0], tb.make_target(prof))
+
+    (graph,), (compiled,) = tuned, built
+    assert graph.hash() == compiled.hash() and key(graph) == key(compiled)
+    assert "aten.instance_norm" in graph.summary().histogram and "aten.layer_norm" in plain.summary().histogram
+    assert plain.hash() != graph.hash() and key(plain) != key(graph)  # the option does change the graph
 
 
 def test_cross_compiled_library_is_an_aarch64_elf(tmp_path):
@@ -167,7 +233,7 @@ def test_cross_compiled_library_is_an_aarch64_elf(tmp_path):
 def test_per_op_profile_has_ops_shares_and_remainder(tmp_path):
     graph, prof = _graph(), _host()
     _compile(graph, prof, tmp_path / "a")
-    p = get_target("tvm").profile_ops(tmp_path / "a", None, prof, [graph.example_inputs[0].numpy()], 3)
+    p = get_target("tvm").profile_ops(_artifact(tmp_path / "a", prof), [graph.example_inputs[0].numpy()], 3)
     assert p.runtime == "tvm" and p.runs == 3 and p.end_to_end_ms > 0
     kernels = [o for o in p.ops if not o.name.startswith("vm.builtin.")]
     assert kernels and any("conv2d" in o.type for o in kernels)
@@ -234,7 +300,7 @@ def test_thread_pool_has_the_profiles_threads_on_a_machine_without_smt(tmp_path)
     (tuned L1 34 ms instead of 17.7 ms).  A fresh process, no TVM_NUM_THREADS in its environment."""
     tail = (
         "from edgeformer.targets import get_target\n"
-        "r = get_target('tvm').load(out, None, t._host(threads=2))\n"
+        "r = get_target('tvm').load(t._artifact(out, t._host(threads=2)))\n"
         "r.run([x.numpy() for x in g.example_inputs])\n"
         "print(r.settings()['runtime_threads'])\n"
     )
@@ -256,7 +322,7 @@ def test_gelu_erf_tanh_use_the_vectorisable_forms_and_stay_within_1e5(tmp_path):
     """Scalar libm ``erff`` took 8.6 of 21 ms of tuned L1; the fast forms must not cost accuracy."""
     graph = _graph(Activations(), shape=(64, 16), name="acts")
     prof = _host()
-    target, mod, _ = tuning.prepare(graph, prof)
+    target, mod, _ = database.prepare(graph, prof)
     script = mod.script()
     assert "T.erf(" not in script and "T.tanh(" not in script, "a scalar libm call is left"
     _compile(graph, prof, tmp_path / "a")

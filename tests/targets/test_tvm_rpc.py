@@ -15,9 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgeformer import rpc
 from edgeformer.errors import UserError
-from edgeformer.targets.tvm import profile_remote
+from edgeformer.machine import MachineInfo
+from edgeformer.runtime import load_artifact
+from edgeformer.targets.base import RemoteInfo, RemoteProfile
+from edgeformer.targets.tvm import rpc
 
 KEY = "edge-test"
 STATS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "std_ms", "samples_ms")
@@ -50,7 +52,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    """A compiled host artifact (through edgeformer.compile, so it has a manifest)."""
+    """A compiled host artifact (through edgeformer.compile, so it has a manifest), loaded."""
     from edgeformer.compiler import compile
     from edgeformer.device_profiles import parse_profile
 
@@ -67,11 +69,16 @@ def artifact(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEFORMER_CACHE_DIR", str(root / "cache"))
         report = compile(Small(), prof, root / "art", input_shapes=[(1, 3, 8, 8)], use_cache=False)
-    return report.path
+    return load_artifact(report.path)
 
 
 def _inputs():
     return [np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")]
+
+
+def profile_remote(artifact, tracker: str, key: str, **kwargs) -> RemoteProfile:
+    """The target's hook, as ``edgeformer.profiling.profile_artifact(remote=...)`` calls it."""
+    return artifact.target.profile_remote(artifact, tracker=tracker, key=key, **kwargs)
 
 
 def test_servers_bind_to_localhost_and_register(cluster):
@@ -83,14 +90,19 @@ def test_servers_bind_to_localhost_and_register(cluster):
 
 def test_remote_profile_reports_the_standard_statistics(cluster, artifact):
     tracker, servers = cluster
-    res = profile_remote(artifact, tracker.address, KEY, inputs=_inputs(), min_runs=5, min_seconds=0.05, threads=1)
-    warm = res["phases"].warm.to_dict()
+    res = profile_remote(artifact, tracker.address, KEY, inputs=_inputs(), min_runs=5, min_seconds=0.05)
+    assert isinstance(res, RemoteProfile)
+    warm = res.phases.warm.to_dict()
     assert all(k in warm for k in STATS) and warm["runs"] >= 5 and len(warm["samples_ms"]) == warm["runs"]
     assert warm["min_ms"] <= warm["median_ms"] <= warm["p90_ms"] <= warm["p99_ms"]
     assert "time_evaluator" in warm["statistic"] and "number=1" in warm["statistic"]
-    assert res["phases"].load_ms > 0 and res["phases"].first_inference_ms > 0
-    assert res["remote"]["server"] in {s.address for s in servers}
-    assert res["remote"]["output_shapes"] == [[1, 4]]
+    assert res.phases.load_ms > 0 and res.phases.first_inference_ms > 0
+    assert isinstance(res.remote, RemoteInfo) and res.remote.key == KEY and res.remote.tracker == tracker.address
+    assert res.remote.server in {s.address for s in servers}
+    assert res.remote.output_shapes == [[1, 4]]
+    assert isinstance(res.machine, MachineInfo) and res.machine.logical_cores > 0  # edgeformer's server reports it
+    assert (res.machine.device_key, res.machine.server) == (KEY, res.remote.server)
+    assert res.settings["threads"] == 1 and res.notes and res.ops is None
 
 
 def test_two_profiles_at_once_are_served_by_the_two_devices(cluster, artifact):
@@ -102,9 +114,7 @@ def test_two_profiles_at_once_are_served_by_the_two_devices(cluster, artifact):
     def run(i):
         try:
             barrier.wait()
-            results[i] = profile_remote(
-                artifact, tracker.address, KEY, inputs=_inputs(), min_runs=20, min_seconds=0.3, threads=1
-            )
+            results[i] = profile_remote(artifact, tracker.address, KEY, inputs=_inputs(), min_runs=20, min_seconds=0.3)
         except Exception as err:  # noqa: BLE001 - surfaced below
             errors.append(err)
 
@@ -114,9 +124,9 @@ def test_two_profiles_at_once_are_served_by_the_two_devices(cluster, artifact):
     for t in threads:
         t.join(120)
     assert not errors, errors
-    assert {r["remote"]["server"] for r in results.values()} == {s.address for s in servers}
+    assert {r.remote.server for r in results.values()} == {s.address for s in servers}
     for r in results.values():
-        assert r["phases"].warm.runs >= 20 and r["phases"].warm.median_ms > 0
+        assert r.phases.warm.runs >= 20 and r.phases.warm.median_ms > 0
 
 
 def test_profile_artifact_remote_writes_a_remote_report(cluster, artifact, tmp_path):
@@ -124,10 +134,10 @@ def test_profile_artifact_remote_writes_a_remote_report(cluster, artifact, tmp_p
 
     tracker, _ = cluster
     report = profile_artifact(
-        artifact, min_runs=5, min_seconds=0.05, remote=tracker.address, key=KEY, output=tmp_path / "profile.json"
+        artifact.path, min_runs=5, min_seconds=0.05, remote=tracker.address, key=KEY, output=tmp_path / "profile.json"
     )
-    assert report.kind == "remote" and report.remote["key"] == KEY
-    assert all(k in report.latency for k in STATS)
+    assert report.kind == "remote" and report.remote.key == KEY
+    assert all(k in report.latency.to_dict() for k in STATS)
     assert (tmp_path / "profile.json").is_file()
 
 
@@ -151,7 +161,7 @@ def test_cli_profile_remote_exits_2_on_an_unreachable_tracker(artifact, tmp_path
 
     port = rpc.free_port()
     out = tmp_path / "profile.json"
-    code = main(["profile", str(artifact), "--remote", f"127.0.0.1:{port}", "--key", KEY, "-o", str(out)])
+    code = main(["profile", str(artifact.path), "--remote", f"127.0.0.1:{port}", "--key", KEY, "-o", str(out)])
     assert code == 2
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written

@@ -60,8 +60,8 @@ from tvm.rpc.server import PopenRPCServerState
 
 def machine_info():
     try:
-        from edgeformer.profiling.machine import machine_info as info
-        return json.dumps(info())
+        from edgeformer.machine import machine_info as info
+        return json.dumps(info().to_dict())
     except Exception:  # a device without edgeformer: what the standard library knows
         return json.dumps({"cpu_model": platform.processor() or platform.machine(),
                            "logical_cores": os.cpu_count() or 0, "machine": platform.machine()})

@@ -1,4 +1,4 @@
-"""Latency measurement per specs/MEASUREMENT.md.
+"""Latency measurement per docs/measurement.md: the ground-floor statistics every report uses.
 
 Load time, first (cold) inference, warm-up runs reported apart, then timed runs until BOTH a
 minimum count and a minimum duration are reached.  Raw samples are kept; the statistics are

@@ -1,0 +1,1 @@
+"""The reports edgeformer renders: text now, HTML later."""
