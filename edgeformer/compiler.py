@@ -66,6 +66,9 @@ class CompileReport:
     cached: bool  # True when the artifact came from the compile cache
     stage_times_s: dict[str, float] = field(default_factory=dict)
     cache_source: str = ""  # "output" (already up to date) or "cache"
+    # Seconds this call took (a cached result took only the export; the manifest's
+    # compile_time_s is the original compile's).
+    elapsed_s: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -312,14 +315,16 @@ def compile(  # noqa: A001 - the public verb
     if use_cache and not dump_ir and not explain:
         if (m := _valid_artifact(out_dir, key)) is not None:
             stage("write", f"up to date (cache key {key[:12]}): skipped")
-            return CompileReport(out_dir, m, True, stage_times, "output")
+            return CompileReport(out_dir, m, True, stage_times, "output", time.perf_counter() - t_start)
         if _valid_artifact(cache_dir, key) is not None:
             tmp = make_temp_dir(f".{out_dir.name}.tmp-", out_dir.parent)
             shutil.rmtree(tmp)
             shutil.copytree(cache_dir, tmp)
             replace_dir(tmp, out_dir)
             stage("write", f"identical compile found in the cache (key {key[:12]}): skipped")
-            return CompileReport(out_dir, read_manifest(out_dir), True, stage_times, "cache")
+            return CompileReport(
+                out_dir, read_manifest(out_dir), True, stage_times, "cache", time.perf_counter() - t_start
+            )
 
     names = p.pipeline.names
     stage("passes", f"{len(names)} passes: {', '.join(names) or '(none)'}")
@@ -352,7 +357,7 @@ def compile(  # noqa: A001 - the public verb
         raise
     if use_cache:
         _store_in_cache(out_dir, cache_dir)
-    return CompileReport(out_dir, built.manifest, False, stage_times)
+    return CompileReport(out_dir, built.manifest, False, stage_times, "", time.perf_counter() - t_start)
 
 
 def _valid_artifact(folder: Path, key: str) -> Manifest | None:

@@ -51,6 +51,9 @@ class ModelInfo:
     path: str | None = None  # .pt2 files
     ref: str | None = None  # package.module:factory
     weights: WeightsInfo | None = None  # None: the weights the model was built or exported with
+    # "checkpoint" (--weights), "random" (a zoo model without --weights: seeded random init),
+    # "module" (the user's nn.Module or factory: whatever weights it holds), "pt2" (as exported)
+    weights_origin: str = "random"
 
     _OPTIONAL = ("family", "path", "ref")
 

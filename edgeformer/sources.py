@@ -99,7 +99,7 @@ def load_model(
         if not input_shapes:
             raise UserError("an nn.Module needs input shapes", "pass input_shapes=[(1, 3, 224, 224)]")
         module = ref
-        info = ModelInfo(name or type(ref).__name__, "module")
+        info = ModelInfo(name or type(ref).__name__, "module", weights_origin="module")
         shapes = list(input_shapes)
     elif str(ref).endswith(".pt2"):
         if weights:
@@ -112,7 +112,7 @@ def load_model(
                     f"{ref} was exported with input shape(s) {expected}; --input-shape differs",
                     "re-export with the new shape",
                 )
-        return ModelSource(graph, ModelInfo(graph.name, "pt2", path=str(ref)))
+        return ModelSource(graph, ModelInfo(graph.name, "pt2", path=str(ref), weights_origin="pt2"))
     elif str(ref).endswith((".onnx", ".pth", ".pt", ".safetensors", ".ckpt", ".bin")):
         raise UserError(
             f"{ref} is not a model edgeformer can import (MODEL is a zoo name, a .pt2 export "
@@ -124,7 +124,7 @@ def load_model(
         if not input_shapes:
             raise UserError(f"{ref} needs input shapes", "add --input-shape, e.g. --input-shape 1x3x224x224")
         shapes = list(input_shapes)
-        info = ModelInfo(name or str(ref).split(":")[-1], "factory", ref=str(ref))
+        info = ModelInfo(name or str(ref).split(":")[-1], "factory", ref=str(ref), weights_origin="module")
     else:
         spec = get_spec(str(ref))
         module = _seeded(spec.build)
@@ -138,6 +138,7 @@ def load_model(
     if weights:
         w = Path(weights)
         loaded = load_weights(module, w)
+        info.weights_origin = "checkpoint"
         info.weights = WeightsInfo(str(w), sha256_file(w), **(loaded if isinstance(loaded, dict) else {}))
     module.eval()
     inputs = _example_inputs(shapes)

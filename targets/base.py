@@ -10,6 +10,7 @@ never imports openvino, tvm, coremltools or executorch.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -153,6 +154,8 @@ class Target(ABC):
     extra: ClassVar[str]  # pip extra that installs the runtime: pip install 'edgeformer[<extra>]'
     distributions: ClassVar[tuple[str, ...]]  # runtime distributions whose versions are recorded
     main_file: ClassVar[str]  # e.g. "model.onnx"
+    # The SDK modules a runner needs, imported by ``import_sdk`` (before any timer starts).
+    sdk_modules: ClassVar[tuple[str, ...]] = ()
     # The passes this target's artifacts are rewritten with, and their options (a profile and the
     # CLI edit it).  Targets that need more than the exact pipeline override it.
     pipeline: ClassVar[Pipeline] = Pipeline(PIPELINES["exact"])
@@ -171,6 +174,11 @@ class Target(ABC):
     @classmethod
     def versions(cls) -> dict[str, str]:
         return {d: v for d in cls.distributions if (v := dist_version(d))}
+
+    def import_sdk(self) -> None:
+        """Import the runtime's Python modules now, so no later measurement pays for the import."""
+        for module in self.sdk_modules:
+            importlib.import_module(module)
 
     def can_run_here(self, profile: DeviceProfile) -> str | None:
         """None when compiled artifacts can execute on this machine, else why not."""

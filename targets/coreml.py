@@ -235,6 +235,7 @@ class CoreMLTarget(Target):
     description = "Apple Core ML ML program (.mlpackage); converts anywhere, runs on macOS/iOS"
     extra = "coreml"
     distributions = ("coremltools",)
+    sdk_modules = ("coremltools",)
     main_file = PACKAGE
     precisions = tuple(sorted(_PRECISIONS, reverse=True))
 

@@ -166,6 +166,7 @@ class ExecuTorchTarget(Target):
     description = "PyTorch ExecuTorch with the XNNPACK delegate; ships model.pte (Android, iOS, Linux)"
     extra = "executorch"
     distributions = ("executorch",)
+    sdk_modules = ("torch", "executorch.runtime")
     main_file = "model.pte"
 
     def can_run_here(self, profile) -> str | None:

@@ -215,6 +215,7 @@ class OpenVinoTarget(Target):
     description = "Intel OpenVINO Runtime (CPU here; GPU/NPU on Intel hardware); ships model.xml + model.bin"
     extra = "openvino"
     distributions = ("openvino",)
+    sdk_modules = ("openvino",)
     main_file = "model.xml"
     # OpenVINO fuses GroupNorm(1, C) written as one LayerNorm into its MVN kernel (figures:
     # docs/benchmarks.md); it fuses the pool mixer's plain form itself.

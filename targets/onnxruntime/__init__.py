@@ -84,6 +84,7 @@ class OnnxRuntimeTarget(Target):
     description = "ONNX Runtime, CPU execution provider; ships model.onnx and the mobile model.ort"
     extra = "onnxruntime"
     distributions = ("onnxruntime", "onnx", "onnxscript")
+    sdk_modules = ("onnxruntime",)
     main_file = "model.ort"
     pipeline = Pipeline(
         PIPELINES["exact"],

@@ -55,6 +55,7 @@ class TvmTarget(Target):
     description = "Apache TVM (Relax): MetaSchedule-tuned model.so, cross-compiled, profiled over RPC"
     extra = "tvm"
     distributions = ("apache-tvm", "apache-tvm-ffi")  # ffi: its ABI matters (see search.py)
+    sdk_modules = ("tvm", "tvm.relax")
     main_file = tb.LIBRARY
 
     @classmethod
