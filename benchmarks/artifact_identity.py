@@ -102,6 +102,7 @@ def _diff(a, b, path="") -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ref", required=True, help="git revision to compare against (e.g. the commit before a refactor)")
+    ap.add_argument("--this", default="", help="compare this git revision instead of the working tree")
     ap.add_argument("--models", default="efficientformer_l1")
     ap.add_argument("--profiles", default="host-ort,host-tvm")
     ap.add_argument("--tune-trials", type=int, default=0, help="tune host-tvm with this many trials first (0: none)")
@@ -109,7 +110,8 @@ def main() -> int:
     rows, ok = [], True
     with tempfile.TemporaryDirectory(prefix="edgeformer-identity-") as tmp:
         tmp = Path(tmp)
-        sources = {"this": ROOT, args.ref: _tree_at(args.ref, tmp / "ref-src")}
+        this = _tree_at(args.this, tmp / "this-src") if args.this else ROOT
+        sources = {"this": this, args.ref: _tree_at(args.ref, tmp / "ref-src")}
         # Both trees run from the same path, one after the other: exported programs carry the
         # source file paths of the model code in their stack-trace metadata.
         site = tmp / "site"

@@ -49,7 +49,7 @@ from edgeformer.manifest import (
     file_entries,
     read_manifest,
 )
-from edgeformer.numerics import compare
+from edgeformer.numerics import EMULATED_PRECISIONS, compare, emulate
 from edgeformer.passes import Pipeline
 from edgeformer.sources import ModelSource, load_model
 from edgeformer.targets import CompileResult, Target, get_target
@@ -91,9 +91,17 @@ class Plan:
 
 
 def resolve_target(profile: str | Path | DeviceProfile | None) -> tuple[DeviceProfile, Target]:
-    """The profile and its target, refusing a target whose runtime is not installed."""
+    """The profile and its target, refusing a precision the target does not produce (it would
+    build fp32 and call it int8) and a target whose runtime is not installed."""
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     target = get_target(prof.target)
+    precision, produced = prof.options.precision, ", ".join(target.precisions)
+    if precision not in target.precisions:
+        raise UserError(
+            f"profile {prof.name} asks for precision {precision}, which the {target.name} target does not "
+            f"produce (it produces {produced})",
+            f"set [options] precision to one of {produced}",
+        )
     reason = target.is_available()
     if reason:
         raise TargetUnavailableError(f"profile {prof.name} needs target {target.name}, which is unavailable: {reason}")
@@ -197,11 +205,14 @@ def build(plan: Plan, rewritten: Rewritten, folder: Path) -> Built:
         target=target.name,
         runtime_versions={"torch": _torch_version(), **target.versions()},
         passes=rewritten.records,
-        inputs=[
-            TensorSpec(n, list(t.shape), str(t.dtype).replace("torch.", ""))
-            for n, t in zip(graph.input_names, graph.example_inputs)
+        inputs=[  # -1 marks a dynamic dimension (Graph.input_shapes / output_shapes)
+            TensorSpec(n, s, str(t.dtype).replace("torch.", ""))
+            for n, s, t in zip(graph.input_names, graph.input_shapes(), graph.example_inputs)
         ],
-        outputs=[TensorSpec(n, list(r.shape), str(r.dtype)) for n, r in zip(graph.output_names, rewritten.reference)],
+        outputs=[
+            TensorSpec(n, s, str(r.dtype))
+            for n, s, r in zip(graph.output_names, graph.output_shapes(), rewritten.reference)
+        ],
         files=file_entries(folder, result.files),
         numerics=NumericsReport("skipped"),
         compile_time_s=0.0,
@@ -219,36 +230,56 @@ def build(plan: Plan, rewritten: Rewritten, folder: Path) -> Built:
 def verify(plan: Plan, rewritten: Rewritten, built: Built) -> NumericsReport:
     """Run the built artifact on the example inputs and compare with the PyTorch reference.
 
-    Targets that cannot run here report their structural checks instead (skipped, or failed).
+    Every artifact this machine's runtime can load is run (``Target.can_verify_here``), an
+    ahead-of-time one too: its reason then says it was checked here, not on the device.  One that
+    cannot be loaded reports its failed structural checks; else, for an fp16 profile, the
+    rewritten IR runs in fp16 on the CPU (``method: "emulated"``); else the check is skipped.
     """
     target, prof = plan.target, plan.profile
-    reason = target.can_run_here(prof)
+    n = prof.numerics
+    tolerances = {
+        "atol": n.atol,
+        "rtol": n.rtol,
+        "scale_rtol": n.scale_rtol,
+        "min_cosine": n.min_cosine,
+        "names": list(plan.graph.output_names),
+    }
+    reason = target.can_verify_here(prof)
     if reason:
         failed = sorted(k for k, ok in built.result.structural_checks.items() if not ok)
         if failed:
             return NumericsReport("failed", reason=f"structural checks failed: {', '.join(failed)}")
+        if prof.options.precision in EMULATED_PRECISIONS:
+            inputs = plan.graph.example_inputs
+            return emulate(
+                rewritten.graph,
+                rewritten.reference,
+                prof.options.precision,
+                inputs=inputs,
+                context=reason,
+                **tolerances,
+            )
         return NumericsReport("skipped", reason=reason)
     runner = target.load(Artifact(built.folder, built.manifest, prof))
     try:
         outputs = runner.run([t.detach().numpy() for t in plan.graph.example_inputs])
     finally:
         runner.close()
-    n = prof.numerics
-    return compare(
-        rewritten.reference,
-        [np.asarray(o) for o in outputs],
-        atol=n.atol,
-        rtol=n.rtol,
-        min_cosine=n.min_cosine,
-        names=list(plan.graph.output_names),
-    )
+    report = compare(rewritten.reference, [np.asarray(o) for o in outputs], **tolerances)
+    elsewhere = target.can_run_here(prof)
+    if elsewhere:  # verifiable here, but it runs on a device: say which check this was
+        note = f"checked here with this machine's {target.name} runtime, not on the device ({elsewhere})"
+        report.reason = f"{report.reason}; {note}" if report.reason else note
+    return report
 
 
 # ----------------------------------------------------------------------------------------- write
 
 
-def write(built: Built, out_dir: Path) -> Path:
-    """Write the manifest into the built folder and rename it into place as ``out_dir``."""
+def write(built: Built, out_dir: Path, *, flag: str = "-o") -> Path:
+    """Write the manifest into the built folder and rename it into place as ``out_dir`` (refusing,
+    as :func:`check_output_dir` does, an old artifact there that holds the user's other files)."""
+    _refuse_foreign_files(out_dir, flag)
     built.manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     built.manifest.write(built.folder)
     replace_dir(built.folder, out_dir)
@@ -258,24 +289,56 @@ def write(built: Built, out_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------- compile
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Refuse an ``-o`` that is a file, a foreign non-empty folder, or not creatable/writable."""
+# Files an artifact folder may hold beside those its manifest lists: the manifest itself and the
+# latency report `edgeformer profile` writes there.  Recompiling replaces the folder with them.
+_ARTIFACT_EXTRAS = (MANIFEST, "profile.json")
+
+
+def check_output_dir(out_dir: Path, flag: str = "-o") -> None:
+    """Refuse an ``-o`` that is a file, a foreign non-empty folder, an artifact folder holding files
+    its manifest does not list (recompiling would delete them), or not creatable/writable."""
     parent = out_dir.parent
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} exists and is a file", "choose a folder path for -o")
+        raise UserError(f"output {out_dir} exists and is a file", f"choose a folder path for {flag}")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise UserError(
             f"output folder {out_dir} is not empty and is not an edgeformer artifact",
-            "choose a new folder for -o, or remove it",
+            f"choose a new folder for {flag}, or remove it",
         )
+    _refuse_foreign_files(out_dir, flag)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(
-            f"cannot create output folder {parent}: {err.strerror}", "choose a writable path for -o"
+            f"cannot create output folder {parent}: {err.strerror}", f"choose a writable path for {flag}"
         ) from err
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {parent} is not writable", "choose a writable path for -o")
+        raise UserError(f"output folder {parent} is not writable", f"choose a writable path for {flag}")
+
+
+def _refuse_foreign_files(out_dir: Path, flag: str) -> None:
+    """Refuse an existing artifact folder holding files its manifest does not list."""
+    if not (out_dir / MANIFEST).is_file():
+        return
+    try:
+        listed = {f["path"] for f in json.loads((out_dir / MANIFEST).read_text())["files"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"output folder {out_dir} has an unreadable {MANIFEST} ({type(err).__name__}), so its own files "
+            "cannot be told from others that recompiling would delete",
+            f"remove the folder, or choose a new folder for {flag}",
+        ) from err
+    listed.update(_ARTIFACT_EXTRAS)
+    foreign = sorted(
+        rel for p in out_dir.rglob("*") if not p.is_dir() and (rel := p.relative_to(out_dir).as_posix()) not in listed
+    )
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UserError(
+            f"output folder {out_dir} is an artifact that also holds files not listed in its manifest, which "
+            f"recompiling would delete: {', '.join(foreign[:3])}{more}",
+            f"move them out of {out_dir}, or choose a new folder for {flag}",
+        )
 
 
 def compile(  # noqa: A001 - the public verb
@@ -291,8 +354,13 @@ def compile(  # noqa: A001 - the public verb
     explain: bool = False,
     use_cache: bool = True,
     on_stage: Callable[[str, str], None] | None = None,
+    keep_failed: str | Path | None = None,
 ) -> CompileReport:
-    """Compile MODEL for a device profile into ``out_dir``; see the module docstring."""
+    """Compile MODEL for a device profile into ``out_dir``; see the module docstring.
+
+    ``keep_failed``: a folder the build is moved to (runtime files and a manifest recording the
+    failed numerics) when the numerics check fails, instead of being deleted; the error says where.
+    """
     t_start = time.perf_counter()
     stage_times: dict[str, float] = {}
 
@@ -304,6 +372,9 @@ def compile(  # noqa: A001 - the public verb
     prof, _ = resolve_target(profile)
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
+    keep = Path(keep_failed) if keep_failed is not None else None
+    if keep is not None:
+        check_output_dir(keep, "--keep-failed")
 
     stage("export", "exporting to the IR")
     t0 = time.perf_counter()
@@ -344,9 +415,14 @@ def compile(  # noqa: A001 - the public verb
         built.manifest.numerics = verify(p, rewritten, built)
         stage_times["verify"] = time.perf_counter() - t0
         if built.manifest.numerics.status == "failed":
+            kept = ""
+            if keep is not None:
+                built.manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
+                write(built, keep, flag="--keep-failed")
+                kept = f"the failed build is kept in {keep}; "
             raise NumericsError(
                 f"{p.target.name} outputs disagree with PyTorch: {built.manifest.numerics.reason}",
-                "loosen [numerics] in the profile only if that error is acceptable, or drop passes with --passes",
+                kept + _numerics_fix(p.profile.options.precision, built.manifest.numerics),
             )
 
         stage("write", str(out_dir))
@@ -358,6 +434,19 @@ def compile(  # noqa: A001 - the public verb
     if use_cache:
         _store_in_cache(out_dir, cache_dir)
     return CompileReport(out_dir, built.manifest, False, stage_times, "", time.perf_counter() - t_start)
+
+
+def _numerics_fix(precision: str, report: NumericsReport) -> str:
+    """What to do about a failed numerics check.  In fp32 a pass or the runtime moved the numbers
+    (the PassManager has already cleared each exact pass); in a lower precision, when outputs were
+    compared, its rounding and range did, and dropping passes cannot help."""
+    if precision == "fp32" or report.method is None:
+        return "loosen [numerics] in the profile only if that error is acceptable, or drop passes with --passes"
+    return (
+        f"that error is {precision}'s rounding or range, not the passes': keep activations within {precision}'s "
+        f"range, loosen [numerics] to {precision}'s tolerances (docs/measurement.md) only if the error is "
+        'acceptable, or set [options] precision = "fp32"'
+    )
 
 
 def _valid_artifact(folder: Path, key: str) -> Manifest | None:

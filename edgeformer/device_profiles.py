@@ -24,8 +24,8 @@ from edgeformer.target_names import TARGETS
 DEFAULT_PROFILE = "host-ort"
 
 
-def _opt(default, doc: str, choices: tuple | None = None, minimum: float | None = None):
-    meta = {"doc": doc, "choices": choices, "minimum": minimum}
+def _opt(default, doc: str, choices: tuple | None = None, minimum: float | None = None, maximum: float | None = None):
+    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -56,9 +56,18 @@ class TargetOptions:
 
 @dataclass
 class Numerics:
+    """Per output: pass when |out − ref| ≤ atol + rtol·|ref| + scale_rtol·max|ref| element by element,
+    cosine ≥ min_cosine and no NaN/inf (docs/measurement.md gives each shipped profile's values)."""
+
     atol: float = _opt(1e-4, "max abs error allowed against PyTorch", minimum=0.0)
-    rtol: float = _opt(0.0, "relative tolerance added to atol·|ref|", minimum=0.0)
-    min_cosine: float = _opt(0.999, "minimum cosine similarity against PyTorch", minimum=-1.0)
+    rtol: float = _opt(0.0, "relative tolerance: rtol·|ref| is added to atol, element by element", minimum=0.0)
+    scale_rtol: float = _opt(
+        1e-5,
+        "tolerance relative to the output's scale: scale_rtol·max|ref| is added to every element's bound "
+        "(rounding grows with the magnitude of the values an element is computed from)",
+        minimum=0.0,
+    )
+    min_cosine: float = _opt(0.999, "minimum cosine similarity against PyTorch", minimum=-1.0, maximum=1.0)
 
 
 @dataclass
@@ -132,6 +141,9 @@ def _check_value(where: str, key: str, value: Any, typ, meta) -> Any:
     minimum = meta.get("minimum")
     if minimum is not None and value < minimum:
         raise UserError(f"{where}: key '{key}' = {value!r} must be >= {minimum}", "fix the profile file")
+    maximum = meta.get("maximum")
+    if maximum is not None and value > maximum:
+        raise UserError(f"{where}: key '{key}' = {value!r} must be <= {maximum}", "fix the profile file")
     if typ is list and not all(isinstance(v, str) for v in value):
         raise UserError(f"{where}: key '{key}' must be a list of strings", "fix the profile file")
     return value
@@ -222,6 +234,8 @@ def json_schema() -> dict:
                 p["enum"] = list(f.metadata["choices"])
             if f.metadata.get("minimum") is not None:
                 p["minimum"] = f.metadata["minimum"]
+            if f.metadata.get("maximum") is not None:
+                p["maximum"] = f.metadata["maximum"]
             if hints[f.name] is list:
                 p["items"] = {"type": "string"}
             props[f.name] = p

@@ -18,13 +18,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEFORMER_CACHE_DIR") or Path.home() / ".cache" / "edgeformer")
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, with the mode a plain ``open(path, "w")`` would give
+    (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.chmod(tmp, 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -43,9 +53,7 @@ def atomic_write_json(path: str | os.PathLike, data, *, indent: int = 2, mkdir: 
 def make_temp_dir(prefix: str, parent: Path) -> Path:
     """A temp folder beside the destination, with normal (umask) permissions, not mkdtemp's 0700."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 

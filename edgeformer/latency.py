@@ -7,10 +7,15 @@ median, p90, p99, min, mean and std of per-call wall time.
 
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeformer.errors import UserError
 
 
 @dataclass
@@ -73,6 +78,51 @@ class Phases:
         return asdict(self)
 
 
+def check_settings(
+    *,
+    min_runs: int = 50,
+    min_seconds: float = 1.0,
+    warmup: int = 1,
+    cooldown_s: float = 0.0,
+    ops_runs: int = 10,
+    threads: int | None = None,
+) -> None:
+    """Refuse a measurement setting that cannot work, before anything is loaded or timed."""
+    checks = (
+        ("--runs", "min_runs", min_runs, 1, "at least 1"),
+        ("--min-seconds", "min_seconds", min_seconds, 0, "0 or more"),
+        ("--warmup", "warmup", warmup, 0, "0 or more"),
+        ("--cooldown", "cooldown_s", cooldown_s, 0, "0 or more"),
+        ("--ops-runs", "ops_runs", ops_runs, 1, "at least 1"),
+        ("--threads", "threads", threads, 0, "0 (the runtime's default) or more"),
+    )
+    for flag, name, value, minimum, wanted in checks:
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value) or value < minimum:
+            raise UserError(f"{flag} ({name}) must be {wanted}, got {value:g}", f"pass {flag} {minimum} or more")
+
+
+def check_output(output: str | Path | None, flag: str = "-o") -> Path | None:
+    """The report path, refused when it is a folder or its folder cannot be created or written.
+
+    Missing parent folders are created when the report is written (as ``compile -o`` does).
+    """
+    if output is None:
+        return None
+    path = Path(output)
+    if path.is_dir() or str(output).endswith(("/", os.sep)):
+        raise UserError(f"{flag} {output} is a folder", f"give {flag} a file path, e.g. {path / 'profile.json'}")
+    existing = path.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create folder {path.parent}: {existing} is a file", f"choose another path for {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: folder {existing} is not writable", f"choose a writable path for {flag}")
+    return path
+
+
 def time_calls(
     fn: Callable[[], object], *, min_runs: int, min_seconds: float, max_runs: int | None = None
 ) -> list[float]:
@@ -110,3 +160,53 @@ def measure(
         time.sleep(cooldown_s)
     samples = time_calls(lambda: run(loaded), min_runs=max(1, min_runs), min_seconds=min_seconds, max_runs=max_runs)
     return loaded, Phases(load_ms, first_ms, warm_samples, LatencyStats.from_samples(samples), cooldown_s)
+
+
+# Sleep before each block of ``alternate``: runtimes keep their worker threads spinning for a while
+# after a call, and without the pause the previous candidate's spinning pool steals the cores from
+# the next (measured on 2 cores: ORT right after TVM read 31.6 ms instead of 9 ms; benchmarks/).
+SETTLE_S = 0.1
+
+
+def alternate(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    min_runs: int,
+    min_seconds: float,
+    blocks: int = 10,
+    settle_s: float = SETTLE_S,
+) -> dict[str, list[float]]:
+    """Time several candidates in alternating blocks, so machine noise hits all of them alike.
+
+    Call-by-call interleaving is wrong for runtimes with spinning thread pools (above); each block
+    instead runs one candidate alone: ``settle_s`` of sleep, one untimed call, then timed calls,
+    about ``1/blocks`` of the wanted runs and seconds.  The order reverses every round.  Ends when
+    every candidate has both ``min_runs`` samples and ``min_seconds`` of timed calls (all run in
+    every round, so the faster ones end with more samples).  Returns
+    per-call milliseconds per candidate.
+    """
+    blocks = max(1, blocks)
+    block_runs = max(1, math.ceil(min_runs / blocks))
+    block_s = min_seconds / blocks
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+
+    def done(name: str) -> bool:
+        s = samples[name]
+        return len(s) >= min_runs and sum(s) / 1e3 >= min_seconds
+
+    r = 0
+    while not all(done(n) for n in names):
+        for name in names if r % 2 == 0 else names[::-1]:  # every candidate every round: alike
+            fn = candidates[name]
+            if settle_s:
+                time.sleep(settle_s)
+            fn()
+            start, n = time.perf_counter(), 0
+            while n < block_runs or time.perf_counter() - start < block_s:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+                n += 1
+        r += 1
+    return samples

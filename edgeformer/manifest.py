@@ -104,6 +104,9 @@ class FileEntry:
 
 @dataclass
 class NumericsReport:
+    """The outputs against PyTorch: per output ``|out − ref| ≤ atol + rtol·|ref| + scale_rtol·max|ref|``
+    element by element, cosine ≥ ``min_cosine``, no NaN/inf (docs/measurement.md)."""
+
     status: str  # "passed" | "failed" | "skipped"
     reference: str = "PyTorch (torch.export program before passes)"
     max_abs_error: float | None = None
@@ -111,8 +114,13 @@ class NumericsReport:
     atol: float | None = None
     min_cosine: float | None = None
     has_nan: bool = False
-    per_output: list[dict] = field(default_factory=list)
-    reason: str = ""  # why skipped, or what failed
+    per_output: list[dict] = field(default_factory=list)  # name, max_abs_error, scale (max|ref|), cosine, ...
+    reason: str = ""  # why skipped, or what failed; how an emulated check was made
+    rtol: float | None = None
+    scale_rtol: float | None = None
+    # What produced the compared outputs: "runtime" (the artifact, in its runtime on this machine),
+    # "emulated" (the rewritten IR in the profile's precision, in PyTorch on this CPU), None (nothing ran).
+    method: str | None = None
 
 
 @dataclass

@@ -1,15 +1,23 @@
-"""Where a model comes from: a zoo name, a ``.pt2`` file, or ``package.module:factory``.
+"""Where a model comes from: a zoo name, a ``.pt2`` file, ``package.module:factory``, an
+``nn.Module`` or an already exported :class:`edgeformer.ir.Graph`.
 
 :func:`load_model` resolves any of them to the IR plus a description for the manifest.
+
+Input shapes are ``1x3x224x224``, optionally with a dtype: ``1x12:int64`` (float32, float16,
+int64, int32, bool).  Example inputs are seeded: standard normal for floating inputs, integers in
+[0, 2) for int64/int32 (valid token ids for any vocabulary, and valid indices into any dimension
+of size 2 or more), random True/False for bool.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,19 +26,67 @@ from torch import nn
 
 from edgeformer import ir
 from edgeformer.checkpoints import load_weights
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
 from edgeformer.manifest import ModelInfo, WeightsInfo, sha256_file
-from edgeformer.models import get_spec
+from edgeformer.models import ModelSpec, get_spec
 
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+INT_RANGE = (0, 2)  # example values of integer inputs: low inclusive, high exclusive
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
+_NAME = re.compile(r"^[A-Za-z_]\w*$")
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``1x3x224x224`` → (1, 3, 224, 224)."""
-    text = text.strip().lower()
-    if not _SHAPE.match(text) or any(int(d) == 0 for d in text.split("x")):
-        raise UserError(f"bad input shape {text!r}", "write it as positive sizes joined by x, e.g. 1x3x224x224")
-    return tuple(int(d) for d in text.split("x"))
+class InputShape(tuple):
+    """An input's sizes and, when one was given (``1x12:int64``), its dtype.
+
+    It is a tuple of ints, so it compares, prints and joins like the plain tuples callers pass;
+    ``dtype`` is None when the shape did not say (float32, or the zoo model's own dtype).
+    """
+
+    dtype: str | None
+
+    def __new__(cls, dims, dtype: str | None = None):
+        self = super().__new__(cls, (int(d) for d in dims))
+        self.dtype = dtype
+        return self
+
+    def __reduce__(self):
+        return (InputShape, (tuple(self), self.dtype))
+
+    def __repr__(self) -> str:
+        return f"InputShape({tuple(self)!r}, dtype={self.dtype!r})"
+
+
+def parse_shape(text: str) -> InputShape:
+    """``1x3x224x224`` → (1, 3, 224, 224); ``1x12:int64`` → (1, 12) with dtype int64."""
+    given = text.strip()
+    dims, sep, dtype = given.lower().replace(" ", "").partition(":")
+    if not _SHAPE.match(dims) or any(int(d) == 0 for d in dims.split("x")) or (sep and dtype not in DTYPES):
+        raise UserError(
+            f"bad input shape {given!r}",
+            f"write it as positive sizes joined by x with an optional dtype ({', '.join(DTYPES)}), "
+            "e.g. 1x3x224x224 or 1x12:int64",
+        )
+    return InputShape(dims.split("x"), dtype if sep else None)
+
+
+def parse_factory_args(items: Sequence[str] | None) -> dict[str, object]:
+    """``["depth=4", "act=gelu"]`` → ``{"depth": 4, "act": "gelu"}``: each value is a Python
+    literal (``ast.literal_eval``: numbers, strings, tuples, lists, dicts, True/False/None), else
+    the text itself as a string."""
+    out: dict[str, object] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not _NAME.match(key):
+            raise UserError(f"bad --factory-arg {item!r}", "write it as NAME=VALUE, e.g. --factory-arg depth=4")
+        if key in out:
+            raise UserError(f"--factory-arg {key} is given twice", "pass each argument once")
+        try:
+            out[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            out[key] = text
+    return out
 
 
 @dataclass
@@ -40,9 +96,26 @@ class ModelSource:
     module: nn.Module | None = None
 
 
-def _example_inputs(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> tuple[torch.Tensor, ...]:
+def _dtype_of(shape) -> str | None:
+    return getattr(shape, "dtype", None)
+
+
+def _example_inputs(
+    shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str | None] | None = None, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Seeded example inputs (see the module docstring for the values of each dtype)."""
     gen = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(*s, generator=gen) for s in shapes)
+    dtypes = list(dtypes) if dtypes else [_dtype_of(s) for s in shapes]
+    out = []
+    for shape, name in zip(shapes, dtypes):
+        dtype = getattr(torch, name or "float32")
+        if dtype.is_floating_point:
+            out.append(torch.randn(*shape, generator=gen, dtype=dtype))
+        elif dtype == torch.bool:
+            out.append(torch.randint(0, 2, tuple(shape), generator=gen).bool())
+        else:
+            out.append(torch.randint(*INT_RANGE, tuple(shape), generator=gen, dtype=dtype))
+    return tuple(out)
 
 
 def _seeded(build):
@@ -52,7 +125,7 @@ def _seeded(build):
         return build()
 
 
-def _import_factory(ref: str) -> nn.Module:
+def _import_factory(ref: str, factory_args: Mapping[str, object]) -> nn.Module:
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise UserError(f"bad model reference {ref!r}", "write it as package.module:factory")
@@ -65,15 +138,34 @@ def _import_factory(ref: str) -> nn.Module:
             f"cannot import module {module_name!r} ({err})",
             "check the name and that it is importable from the current folder or PYTHONPATH",
         ) from err
+    except Exception as err:  # noqa: BLE001 - the user's module failed while importing
+        raise UserError(
+            f"importing {module_name!r} raised {type(err).__name__}: {first_line(err)}",
+            "fix the module (run with --debug for its traceback)",
+        ) from err
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"module {module_name!r} has no attribute {attr!r}", "check the factory name after ':'")
         obj = getattr(obj, part)
     if isinstance(obj, nn.Module):
+        if factory_args:
+            raise UserError(
+                f"{ref} is an nn.Module instance, so --factory-arg has nothing to call",
+                "drop --factory-arg, or point at a class or factory function",
+            )
         return obj
     if isinstance(obj, type) and issubclass(obj, nn.Module) or callable(obj):
-        made = _seeded(obj)
+        _check_arguments(ref, obj, factory_args)
+        try:
+            made = _seeded(lambda: obj(**factory_args))
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's factory failed: one line, not its traceback
+            raise UserError(
+                f"{ref} raised {type(err).__name__}: {first_line(err)}",
+                "fix the factory or its --factory-arg values (run with --debug for the traceback)",
+            ) from err
         if isinstance(made, nn.Module):
             return made
         raise UserError(
@@ -86,32 +178,108 @@ def _import_factory(ref: str) -> nn.Module:
     )
 
 
+def _check_arguments(ref: str, factory, kwargs: Mapping[str, object]) -> None:
+    """Refuse unknown arguments and name the missing ones before calling the factory."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: let the call decide
+        return
+    params = sig.parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in named and not takes_any]
+    if unknown:
+        raise UserError(
+            f"{ref} takes no argument {unknown[0]!r}",
+            f"its arguments are: {', '.join(named)}" if named else "drop --factory-arg: it takes no arguments",
+        )
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+    ]
+    if missing:
+        s = "s" if len(missing) > 1 else ""
+        raise UserError(
+            f"{ref} needs argument{s} {', '.join(repr(m) for m in missing)}",
+            "pass " + " ".join(f"--factory-arg {m}=VALUE" for m in missing) + " (values are Python literals or text)",
+        )
+
+
+def _check_exported_shapes(graph: ir.Graph, what: str, input_shapes) -> None:
+    if not input_shapes:
+        return
+    expected = [list(t.shape) for t in graph.example_inputs]
+    if [list(s) for s in input_shapes] != expected:
+        raise UserError(
+            f"{what} was exported with input shape(s) {expected}; --input-shape differs",
+            "re-export with the new shape",
+        )
+    for s, t in zip(input_shapes, graph.example_inputs):
+        want, have = _dtype_of(s), str(t.dtype).replace("torch.", "")
+        if want and want != have:
+            raise UserError(f"{what} was exported with a {have} input; --input-shape says {want}", "re-export it")
+
+
+def _exported(graph: ir.Graph, what: str, *, input_shapes, weights, factory_args, dynamic_batch) -> None:
+    """The checks for a model that is already exported (a .pt2 or an ir.Graph)."""
+    if weights:
+        raise UserError(f"--weights cannot be applied to {what}", "load the weights before exporting")
+    if factory_args:
+        raise UserError(f"--factory-arg cannot be applied to {what}", "pass it when exporting the factory")
+    if dynamic_batch and graph.dynamic_shapes() is None:
+        raise UserError(f"{what} was exported with static shapes", "re-export it with --dynamic-batch")
+    _check_exported_shapes(graph, what, input_shapes)
+
+
 def load_model(
-    ref: str | nn.Module,
+    ref: str | os.PathLike | nn.Module | ir.Graph,
     *,
     input_shapes: Sequence[tuple[int, ...]] | None = None,
     weights: str | os.PathLike | None = None,
     dynamic_batch: bool = False,
     name: str | None = None,
+    factory_args: Mapping[str, object] | None = None,
 ) -> ModelSource:
-    """Resolve MODEL (zoo name | file.pt2 | package.module:factory | an nn.Module) to the IR."""
+    """Resolve MODEL (zoo name | file.pt2 | package.module:factory | nn.Module | ir.Graph) to the IR.
+
+    ``input_shapes`` items may be :class:`InputShape` (from :func:`parse_shape`) to carry dtypes.
+    ``factory_args`` are keyword arguments for a ``package.module:factory`` (``--factory-arg``).
+    """
+    factory_args = dict(factory_args or {})
+    if isinstance(ref, ir.Graph):
+        _exported(
+            ref,
+            "an exported ir.Graph",
+            input_shapes=input_shapes,
+            weights=weights,
+            factory_args=factory_args,
+            dynamic_batch=dynamic_batch,
+        )
+        return ModelSource(ref, ModelInfo(name or ref.name, "module", weights_origin="pt2"))
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
     if isinstance(ref, nn.Module):
+        if factory_args:
+            raise UserError("--factory-arg applies only to package.module:factory models", "drop it")
         if not input_shapes:
             raise UserError("an nn.Module needs input shapes", "pass input_shapes=[(1, 3, 224, 224)]")
         module = ref
         info = ModelInfo(name or type(ref).__name__, "module", weights_origin="module")
         shapes = list(input_shapes)
+        spec = None
     elif str(ref).endswith(".pt2"):
-        if weights:
-            raise UserError("--weights cannot be applied to a .pt2 export", "load the weights before exporting")
         graph = ir.load(ref)
-        if input_shapes:
-            expected = [list(t.shape) for t in graph.example_inputs]
-            if [list(s) for s in input_shapes] != expected:
-                raise UserError(
-                    f"{ref} was exported with input shape(s) {expected}; --input-shape differs",
-                    "re-export with the new shape",
-                )
+        _exported(
+            graph,
+            "a .pt2 export",
+            input_shapes=input_shapes,
+            weights=weights,
+            factory_args=factory_args,
+            dynamic_batch=dynamic_batch,
+        )
         return ModelSource(graph, ModelInfo(graph.name, "pt2", path=str(ref), weights_origin="pt2"))
     elif str(ref).endswith((".onnx", ".pth", ".pt", ".safetensors", ".ckpt", ".bin")):
         raise UserError(
@@ -120,33 +288,72 @@ def load_model(
             "for a checkpoint pass the architecture and --weights FILE; for ONNX export from PyTorch",
         )
     elif ":" in str(ref):
-        module = _import_factory(str(ref))
+        module = _import_factory(str(ref), factory_args)
         if not input_shapes:
             raise UserError(f"{ref} needs input shapes", "add --input-shape, e.g. --input-shape 1x3x224x224")
         shapes = list(input_shapes)
         info = ModelInfo(name or str(ref).split(":")[-1], "factory", ref=str(ref), weights_origin="module")
+        spec = None
     else:
         spec = get_spec(str(ref))
-        module = _seeded(spec.build)
-        shapes = list(input_shapes) if input_shapes else list(spec.input_shapes)
-        info = ModelInfo(spec.name, "zoo", family=spec.family)
+        if factory_args:
+            raise UserError(
+                "--factory-arg applies only to package.module:factory models",
+                f"drop it, or wrap {spec.name}'s builder in a factory of your own",
+            )
         if input_shapes and len(input_shapes) != len(spec.input_shapes):
             raise UserError(
                 f"{spec.name} takes {len(spec.input_shapes)} input(s), got {len(input_shapes)} --input-shape",
-                f"its default is {' '.join('x'.join(map(str, s)) for s in spec.input_shapes)}",
+                f"its default is {' '.join(_shape_text(s) for s in spec.input_shapes)}",
             )
+        module = _seeded(spec.build)
+        shapes = list(input_shapes) if input_shapes else list(spec.input_shapes)
+        info = ModelInfo(spec.name, "zoo", family=spec.family)
     if weights:
         w = Path(weights)
         loaded = load_weights(module, w)
         info.weights_origin = "checkpoint"
         info.weights = WeightsInfo(str(w), sha256_file(w), **(loaded if isinstance(loaded, dict) else {}))
     module.eval()
-    inputs = _example_inputs(shapes)
     input_names = None
-    if info.source == "zoo":
-        spec = get_spec(info.name)
-        if spec.input_dtypes or spec.input_shapes == tuple(shapes):
-            inputs = spec.example_inputs(shapes=shapes)
+    if spec is not None:
+        inputs = _zoo_inputs(spec, shapes)
         input_names = list(spec.input_names) or None
-    graph = ir.export(module, inputs, name=info.name, input_names=input_names, dynamic_batch=dynamic_batch)
+    else:
+        inputs = _example_inputs(shapes)
+    try:
+        graph = ir.export(module, inputs, name=info.name, input_names=input_names, dynamic_batch=dynamic_batch)
+    except UserError as err:
+        if spec is not None and (better := _zoo_shape_error(spec, shapes, module)):
+            raise better from err
+        raise
     return ModelSource(graph, info, module)
+
+
+def _zoo_inputs(spec: ModelSpec, shapes: list) -> tuple[torch.Tensor, ...]:
+    given = [_dtype_of(s) for s in shapes]
+    if any(given):  # --input-shape 1x12:int64 overrides the spec's dtype for that input
+        own = list(spec.input_dtypes) or ["float32"] * len(shapes)
+        return _example_inputs(shapes, [g or o for g, o in zip(given, own)])
+    if spec.input_dtypes or spec.input_shapes == tuple(shapes):
+        return spec.example_inputs(shapes=shapes)
+    return _example_inputs(shapes)
+
+
+def _zoo_shape_error(spec: ModelSpec, shapes: list, module: nn.Module) -> UserError | None:
+    """A zoo model with a fixed-size attention-bias table traced at another resolution."""
+    other = any(tuple(s)[1:] != tuple(d)[1:] for s, d in zip(shapes, spec.input_shapes))
+    fixed = any(n.endswith("attention_bias_idxs") for n, _ in module.named_buffers())
+    if not (other and fixed):
+        return None
+    default = " ".join(_shape_text(s) for s in spec.input_shapes)
+    given = " ".join(_shape_text(s) for s in shapes)
+    return UserError(
+        f"{spec.name}'s attention-bias table is fixed at the resolution it was built for (input {default}), "
+        f"so it cannot run at {given}",
+        f"use --input-shape {default} (only the batch size may change)",
+    )
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(d) for d in shape)

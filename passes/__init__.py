@@ -11,6 +11,7 @@ from edgeformer.manifest import PassRecord
 from ._pipeline import PIPELINES, Pipeline, resolve_pipeline
 from ._registry import describe_passes, get_pass, pass_names, register
 from .base import Pass, PassCheckError, PassManager, PassResult, PassStats
+from .decompose_unmasked_sdpa import DecomposeUnmaskedSdpa
 from .densify_attention_bias import DensifyAttentionBias
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
@@ -34,6 +35,7 @@ for _cls in (
     MergeParallelHeads,
     FoldNormAffine,
     LowerGroupNorm,
+    DecomposeUnmaskedSdpa,
 ):
     register(_cls)
 

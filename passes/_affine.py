@@ -1,6 +1,6 @@
 """Per-channel affine maps folded into linear layers: the algebra several passes share.
 
-Two directions (ARCHITECTURES.md section 0):
+Two directions (docs/architectures.md section 0):
 
 - *into a producer* (BN after conv/linear, layer scale): ``s ⊙ (W x + b) + t`` is
   ``(diag(s) W) x + (s ⊙ b + t)``;

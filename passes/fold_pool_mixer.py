@@ -18,7 +18,7 @@ Algebra: with count_include_pad=False (or no padding) every averaging window's w
 so ``pool(γ ⊙ x̂ + β) − (γ ⊙ x̂ + β) = γ ⊙ (pool(x̂) − x̂)``: β cancels exactly and γ joins ls1.
 Without a following per-channel multiply, one is inserted for γ (β still goes).
 
-With ``dw_conv=True`` (off by default; ARCHITECTURES.md EfficientFormer pitfall 6) ``c ⊙ (pool(y) − y)``
+With ``dw_conv=True`` (off by default; docs/architectures.md EfficientFormer pitfall 6) ``c ⊙ (pool(y) − y)``
 becomes ``R ⊙ dwconv(y, c·ones(k×k)) − c ⊙ y`` with ``R`` the constant reciprocal window-count
 map (1/4 at corners, 1/6 on edges, 1/9 inside for 3×3): exact, but more ops than the pool; it
 measured slower on both runtimes (docs/benchmarks.md), so no target pipeline turns it on.

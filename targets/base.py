@@ -184,6 +184,13 @@ class Target(ABC):
         """None when compiled artifacts can execute on this machine, else why not."""
         return None
 
+    def can_verify_here(self, profile: DeviceProfile) -> str | None:
+        """None when this machine's runtime can load the profile's artifact to check its numbers, else
+        why not.  Wider than ``can_run_here`` for a portable file built ahead of time for a device
+        (``options.aot_only``): its numbers can be checked here though its latency means nothing;
+        such a target overrides this, and its ``load`` must accept what this accepts."""
+        return self.can_run_here(profile)
+
     # --------------------------------------------------------------------------- compilation
     def default_pipeline(self, profile: DeviceProfile) -> Pipeline:
         """The pipeline artifacts for ``profile`` start from, before the profile's own edits."""

@@ -45,6 +45,7 @@ from .base import CompileResult, OpProfile, OpTime, Runner, Target
 log = logging.getLogger(__name__)
 
 PACKAGE = "model.mlpackage"
+DEBUG_HANDLE_MAP = "executorch_debug_handle_mapping.json"
 _PRECISIONS = ("fp16", "fp32")
 # IR dtype -> (numpy dtype Core ML takes, ArrayFeatureType name); Core ML has no int64 I/O
 _IO_DTYPES = {
@@ -303,6 +304,10 @@ class CoreMLTarget(Target):
             ) from err
         package = out_dir / PACKAGE
         mlmodel.save(str(package))
+        # coremltools writes ExecuTorch's Core ML delegate a map of debug handles to MIL ops when the
+        # program came from torch.export; an app's Core ML does not read it (it is outside the
+        # package's Manifest.json), so it is not shipped.
+        (package / DEBUG_HANDLE_MAP).unlink(missing_ok=True)
         _fix_package_manifest(package)
 
         spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()

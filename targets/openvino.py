@@ -19,8 +19,9 @@ names are renumbered by position.  The IR node → source module map is stored i
 ``rt_info`` (``edgeformer/sources``) so per-op profiles point back at the PyTorch modules.
 
 Per-op times come from OpenVINO's performance counters (``PERF_COUNT``), one op per executed node
-of the runtime graph; the op's ``device`` is ``DEVICE/exec_type`` (e.g. ``CPU/brgconv_avx512_f32``),
-which also shows the precision each kernel ran in.
+of the runtime graph, as medians of per-run times after warm-up runs; the op's ``device`` is
+``DEVICE/exec_type`` (e.g. ``CPU/brgconv_avx512_f32``), which also shows the precision each kernel
+ran in.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +50,8 @@ _HINT = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 _SOURCES_KEY = ["edgeformer", "sources"]
 _UNCONVERTED = re.compile(r"(?:No conversion rule found for operations|Conversion is failed for):\s*([^\n]+)")
 _AUTO_NAME = re.compile(r"([A-Za-z][A-Za-z0-9]*)_\d+")
+# Inferences before the counted ones in a per-op profile (the first is cold).
+WARMUP_RUNS = 3
 
 
 def check_precision(device: str, precision: str, capabilities: Sequence[str], device_name: str = "") -> str | None:
@@ -317,50 +321,70 @@ class OpenVinoTarget(Target):
     def profile_ops(self, artifact, inputs, runs: int) -> OpProfile:
         """Per-node times from OpenVINO's performance counters, mapped back to source modules.
 
-        The CPU plugin reports each node's *mean since the request was created* (whole µs), so
-        the cold first inference would dominate short profiles.  The counters are read after
-        ``warmup`` runs and again after ``runs`` more; the difference of the two running totals
-        is the mean of the timed runs alone.
+        The CPU plugin reports each node's *mean since the model was compiled* (whole µs), so the
+        cold first inference and any one slow run leak into every later reading.  The counters are
+        read after every run, ``WARMUP_RUNS`` warm-up runs first; each counted run's time per node is
+        the difference of two consecutive running totals (mean × runs so far), and the op's time is
+        the median of those (:func:`per_run_medians`).  The end-to-end time is the median wall time
+        of the counted runs.
         """
         runner = OpenVinoRunner(Path(artifact.path), artifact.profile.options, perf_count=True)
-        runs, warmup = max(1, runs), 2
-        for _ in range(warmup):
+        runs, warmup = max(1, runs), WARMUP_RUNS
+        snapshots, walls = [], []
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
             runner.run(inputs)
-        before = _counters(runner.request)
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            runner.run(inputs)
-        wall_ms = (time.perf_counter() - t0) * 1e3 / runs
-        after = _counters(runner.request)
+            if i >= warmup:
+                walls.append((time.perf_counter() - t0) * 1e3)
+            snapshots.append(_counters(runner.request))
         sources = _runtime_sources(runner)
-        ops = []
-        for name, (node_type, exec_type, mean_after) in after.items():
-            mean_before = before.get(name, (None, None, 0.0))[2]
-            time_ms = max(0.0, (mean_after * (warmup + runs) - mean_before * warmup) / runs)
-            ops.append(
-                OpTime(
-                    name=name,
-                    type=node_type,
-                    time_ms=time_ms,
-                    share=0.0,
-                    device=f"{runner.device}/{exec_type}",
-                    source=sources.get(name),
-                )
+        ops = [
+            OpTime(
+                name=name,
+                type=node_type,
+                time_ms=time_ms,
+                share=0.0,
+                device=f"{runner.device}/{exec_type}",
+                source=sources.get(name),
             )
+            for name, (node_type, exec_type, time_ms) in per_run_medians(snapshots, warmup).items()
+        ]
         precision = runner.settings().get("inference_precision")
         runner.close()
         return OpProfile.build(
             "openvino",
             runs,
-            wall_ms,
+            statistics.median(walls),
             ops,
             notes=[
-                f"OpenVINO performance counters (real time, whole microseconds) on {runner.device}, "
-                f"inference precision {precision}; {warmup} warm-up runs excluded",
+                f"OpenVINO performance counters (real time) on {runner.device}, inference precision "
+                f"{precision}: medians over {runs} runs after {warmup} warm-up runs, per node and end to end",
+                "per-run node times are differences of the plugin's running means (whole microseconds), so each "
+                f"is uncertain by up to {warmup + runs} µs",
                 "nodes fused by OpenVINO report under the surviving node; "
                 "unexplained = infer-request and Python overhead",
             ],
         )
+
+
+def per_run_medians(snapshots: Sequence[dict], warmup: int) -> dict[str, tuple[str, str, float]]:
+    """Node → (type, exec type, median ms per run) of the runs after the first ``warmup``.
+
+    ``snapshots[k]`` holds the counters read after run ``k + 1`` of the compiled model: per node its
+    mean real time over all runs so far.  Run ``k``'s own time is ``mean_k·k − mean_{k−1}·(k−1)``.
+    """
+    out = {}
+    first = max(1, warmup)  # run 1 has no earlier total to subtract; it is always a warm-up run
+    for name, (node_type, exec_type, _) in snapshots[-1].items() if snapshots else ():
+        per_run = []
+        for k in range(first + 1, len(snapshots) + 1):
+            now, before = snapshots[k - 1].get(name), snapshots[k - 2].get(name)
+            total_now = now[2] * k if now else 0.0
+            total_before = before[2] * (k - 1) if before else 0.0
+            per_run.append(max(0.0, total_now - total_before))
+        if per_run:
+            out[name] = (node_type, exec_type, statistics.median(per_run))
+    return out
 
 
 def _counters(request) -> dict[str, tuple[str, str, float]]:

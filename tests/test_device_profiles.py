@@ -93,3 +93,23 @@ def test_profile_schema_is_published_in_the_repo():
 
     published = json.loads(resources.files("edgeformer").joinpath("schemas/device-profile.schema.json").read_text())
     assert published == json_schema(), "regenerate: python -m edgeformer.device_profiles > edgeformer/schemas/..."
+
+
+def test_a_value_above_the_maximum_is_rejected_naming_file_key_and_bound(tmp_path):
+    path = _write(tmp_path, 'name = "x"\ntarget = "onnxruntime"\n[numerics]\nmin_cosine = 1.5\n')
+    with pytest.raises(UserError, match=r"numerics.min_cosine' = 1.5 must be <= 1.0") as err:
+        load_profile(str(path))
+    assert str(path) in str(err.value)
+    assert json_schema()["properties"]["numerics"]["properties"]["min_cosine"]["maximum"] == 1.0
+
+
+def test_every_shipped_profile_has_a_scale_aware_tolerance():
+    for name in profile_names():  # docs/measurement.md: rounding grows with the output's scale
+        assert load_profile(name).numerics.scale_rtol > 0, name
+    fp32 = ["host-ort", "host-openvino", "host-executorch", "host-tvm", "android-arm64-xnnpack", "rpi4-tvm"]
+    for name in fp32:  # fp32 runtime vs PyTorch (onnxruntime op tests' rtol), scaled rounding term
+        n = load_profile(name).numerics
+        assert (n.atol, n.rtol, n.scale_rtol, n.min_cosine) == (1e-4, 1e-4, 1e-5, 0.9999), name
+    for name in ["iphone12-coreml", "intel-npu"]:  # coremltools fp16 rule: 100 x the fp32 terms, floors
+        n = load_profile(name).numerics
+        assert (n.atol, n.rtol, n.scale_rtol) == (0.5, 0.05, 1e-3), name

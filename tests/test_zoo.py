@@ -9,6 +9,7 @@ import torch
 
 from edgeformer.cli import main
 from edgeformer.compiler import compile
+from edgeformer.errors import UserError
 from edgeformer.models import build_model, get_spec, list_models
 
 TINY = sorted(s.name for s in list_models() if "tiny" in s.tags)
@@ -58,3 +59,20 @@ def test_weights_flag_applies_a_checkpoint(tmp_path, capsys):
 
     out = load_artifact(tmp_path / "a").runner().run([t.numpy() for t in x])[0]
     torch.testing.assert_close(torch.from_numpy(out), trained.eval()(*x), atol=1e-4, rtol=0)
+
+
+def test_names_accept_case_and_dash_variants():
+    for variant in ("efficientformer-l1", "EfficientFormer-L1", "EFFICIENTFORMER_L1", " efficientformer_l1 "):
+        assert get_spec(variant).name == "efficientformer_l1"
+    with pytest.raises(UserError, match="did you mean"):
+        get_spec("efficientformer-l2")
+
+
+def test_a_wrong_resolution_says_the_attention_bias_table_is_fixed():
+    from edgeformer.sources import load_model
+
+    with pytest.raises(UserError) as e:
+        load_model("efficientformer_tiny", input_shapes=[(1, 3, 48, 48)])
+    msg = str(e.value)
+    assert "attention-bias table" in msg and "1x3x32x32" in msg and "\n" not in msg, msg
+    assert load_model("efficientformer_tiny", input_shapes=[(2, 3, 32, 32)]).graph  # another batch is fine

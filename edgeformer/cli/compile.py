@@ -1,67 +1,211 @@
-"""``edgeformer compile``: compile MODEL for a device profile."""
+"""``edgeformer compile``: compile MODEL for one device profile, or for several side by side."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from edgeformer.cli._common import console, emit_json, input_shapes
+from edgeformer.cli._common import console, emit_json, factory_args, input_shapes
 
 NAME = "compile"
 
+EPILOG = """\
+several profiles: --profile host-ort,host-openvino -o out compiles into out/host-ort and
+out/host-openvino (one folder per profile name, under -o; likewise under --keep-failed and
+--dump-ir).  Each folder is written whole or not at all; the compile stops at the first failure.
+
+Without a terminal (CI, a pipe) each stage prints one line on stderr, `edgeformer: [stage] ...`;
+an error is always the last line."""
+
 
 def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(NAME, parents=[common, model_args], help="compile MODEL for a device profile")
-    p.add_argument("--profile", default="host-ort", help="profile name or path to a .toml (default host-ort)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="artifact folder to write")
+    p = subparsers.add_parser(
+        NAME,
+        parents=[common, model_args],
+        help="compile MODEL for a device profile (or several: --profile a,b)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--profile",
+        action="append",
+        metavar="NAME[,NAME...]",
+        help="profile name or path to a .toml (default host-ort); several, comma-separated, compile side by side",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="artifact folder (with several profiles: their parent)"
+    )
     p.add_argument("--passes", metavar="+a,-b", help="add/drop passes from the default pipeline")
     p.add_argument("--no-check", action="store_true", help="skip the per-pass numerical check")
     p.add_argument("--dump-ir", metavar="DIR", help="write the readable IR after each pass")
     p.add_argument("--explain", action="store_true", help="report each pass match and each rejected near-miss")
     p.add_argument("--no-cache", action="store_true", help="recompile even if an identical compile is cached")
+    p.add_argument(
+        "--keep-failed",
+        metavar="DIR",
+        help="when the numerics check fails, keep the build there (files and manifest) to inspect it",
+    )
     p.add_argument("--progress", action="store_true", help="show the progress display even when not on a terminal")
     return p
 
 
+def source_kwargs(fn, args) -> dict:
+    """``factory_args=`` for ``fn`` when ``--factory-arg`` was given (refused if ``fn`` takes none)."""
+    import inspect
+
+    from edgeformer.errors import UserError
+
+    extra = factory_args(args)
+    if not extra:
+        return {}
+    if "factory_args" not in inspect.signature(fn).parameters:
+        raise UserError(
+            f"--factory-arg is not supported by `edgeformer {args.command}` yet",
+            "export the model first (`edgeformer export MODEL --factory-arg ... -o m.pt2`) and use m.pt2",
+        )
+    return {"factory_args": extra}
+
+
+def profile_list(args) -> list[str]:
+    """The profiles asked for: one --profile, comma-separated names; ambiguous forms refused."""
+    from edgeformer.errors import UserError
+
+    given = args.profile or ["host-ort"]
+    if len(given) > 1:
+        raise UserError(
+            f"--profile is given {len(given)} times",
+            f"list several profiles in one --profile, comma-separated: --profile {','.join(given)}",
+        )
+    names = [n.strip() for n in given[0].split(",")]
+    if any(not n for n in names):
+        raise UserError(f"--profile {given[0]!r} has an empty name", "separate profile names with single commas")
+    return names
+
+
 def run(args) -> int:
-    from functools import partial
+    from pathlib import Path
 
-    from edgeformer.compiler import STAGES, compile
-    from edgeformer.report.text import compile_summary
+    from edgeformer.compiler import compile, resolve_target
+    from edgeformer.errors import UserError
 
-    compile_model = partial(
-        compile,
-        args.model,
-        args.profile,
-        args.output,
+    refs = profile_list(args)
+    out = Path(args.output)
+    common = dict(
         input_shapes=input_shapes(args),
         weights=args.weights,
         passes=args.passes,
         check=not args.no_check,
-        dump_ir=args.dump_ir,
         explain=args.explain,
         use_cache=not args.no_cache,
+        **source_kwargs(compile, args),
     )
-    con = console(stderr=True)
-    if args.json or not con.is_terminal and not args.progress:
-        # Not a terminal: no progress display (stages are logged with --verbose), so an error
-        # stays the single line on stderr.
-        report = compile_model()
+    # Everything is resolved before the first compile starts: a typo in the third profile must
+    # not cost the first two compiles.
+    resolved = [resolve_target(ref)[0] for ref in refs]
+    jobs = []  # (profile ref, out dir, dump dir, keep dir, label)
+    if len(refs) == 1:
+        jobs.append((refs[0], out, args.dump_ir, args.keep_failed, ""))
     else:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        seen: dict[str, str] = {}
+        for ref, prof in zip(refs, resolved):
+            if prof.name in seen:
+                raise UserError(
+                    f"--profile names profile {prof.name} twice ({seen[prof.name]} and {ref}); with several "
+                    f"profiles -o holds one folder per profile name",
+                    "give each profile once",
+                )
+            seen[prof.name] = ref
+        if (out / "manifest.json").is_file():
+            raise UserError(
+                f"-o {out} is an artifact folder; with several profiles -o is the parent folder of one "
+                "artifact folder per profile",
+                "choose a new folder for -o",
+            )
+        if out.exists() and not out.is_dir():
+            raise UserError(f"-o {out} exists and is a file", "with several profiles -o is a folder")
+        for ref, prof in zip(refs, resolved):
+            dump = str(Path(args.dump_ir) / prof.name) if args.dump_ir else None
+            keep = str(Path(args.keep_failed) / prof.name) if args.keep_failed else None
+            jobs.append((ref, out / prof.name, dump, keep, prof.name))
 
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con, transient=True
-        ) as progress:
-            task = progress.add_task("starting", total=len(STAGES))
+    reports = []
+    try:
+        for ref, out_dir, dump_dir, keep_dir, label in jobs:
+            kw = dict(common, dump_ir=dump_dir)
+            if keep_dir:
+                kw["keep_failed"] = keep_dir
+            report = _compile_one(args, compile, ref, out_dir, kw, label)
+            reports.append((ref, report))
+            if not args.json:
+                from edgeformer.report.text import compile_summary
 
-            def on_stage(stage: str, msg: str) -> None:
-                done = STAGES.index(stage) if stage in STAGES else 0
-                progress.update(task, description=f"[bold]{stage}[/bold] {msg}", completed=done)
-
-            report = compile_model(on_stage=on_stage)
-            progress.update(task, completed=len(STAGES), description="[bold]done[/bold]")
+                compile_summary(report, console(), profile=ref, passes=args.passes, factory_args=args.factory_arg or ())
+    except UserError as err:
+        if len(jobs) == 1:
+            raise
+        failed = jobs[len(reports)][4]
+        if not args.json:
+            _recap(jobs, reports, failed=failed)
+        named = UserError(f"profile {failed}: {err.problem}", err.fix)
+        named.exit_code = err.exit_code
+        raise named from err
     if args.json:
-        emit_json({"path": str(report.path), "cached": report.cached, "manifest": report.manifest.to_dict()})
-        return 0
-    compile_summary(report, console())
+        items = [_as_json(r) for _, r in reports]
+        emit_json(items[0] if len(jobs) == 1 else items)
+    elif len(jobs) > 1:
+        _recap(jobs, reports)
     return 0
+
+
+def _as_json(report) -> dict:
+    m = report.manifest
+    return {"profile": m.profile.name, "path": str(report.path), "cached": report.cached, "manifest": m.to_dict()}
+
+
+def _compile_one(args, compile, ref, out_dir, kw, label):
+    """One compile, with the progress display on a terminal, else one line per stage on stderr."""
+    con = console(stderr=True)
+    if args.json:
+        return compile(args.model, ref, out_dir, **kw)
+    if not con.is_terminal and not args.progress:
+        # Not a terminal (CI, a pipe): one plain line per stage, so a long compile shows where it is;
+        # an error stays the last, single line after them.
+        prefix = f"{label} " if label else ""
+
+        def on_stage(stage: str, msg: str) -> None:
+            line = " ".join(f"edgeformer: [{prefix}{stage}] {msg}".split())
+            print(line, file=sys.stderr, flush=True)
+
+        return compile(args.model, ref, out_dir, on_stage=on_stage, **kw)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgeformer.compiler import STAGES
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con, transient=True
+    ) as progress:
+        task = progress.add_task(f"{label} starting".strip(), total=len(STAGES))
+
+        def on_stage(stage: str, msg: str) -> None:
+            done = STAGES.index(stage) if stage in STAGES else 0
+            progress.update(task, description=f"{label} [bold]{stage}[/bold] {msg}".strip(), completed=done)
+
+        report = compile(args.model, ref, out_dir, on_stage=on_stage, **kw)
+        progress.update(task, completed=len(STAGES), description="[bold]done[/bold]")
+    return report
+
+
+def _recap(jobs, reports, failed: str | None = None) -> None:
+    """One final line per profile of a several-profile compile."""
+    con = console()
+    con.print(f"[bold]{len(jobs)} profiles[/bold]:")
+    for i, (_, out_dir, _, _, label) in enumerate(jobs):
+        if i < len(reports):
+            r = reports[i][1]
+            n = r.manifest.numerics
+            how = "cached" if r.cached else f"{r.elapsed_s:.1f} s"
+            con.print(f"  {label}: {r.path} ({r.manifest.target}; numerics {n.status}; {how})", markup=False)
+        elif label == failed:
+            con.print(f"  {label}: {out_dir} failed, nothing written (the error is the last line)", markup=False)
+        else:
+            con.print(f"  {label}: {out_dir} not compiled (stopped at the first failure)", markup=False)

@@ -98,12 +98,20 @@ def list_models() -> list[ModelSpec]:
     return list(_REGISTRY.values())
 
 
+def _normalised(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
 def get_spec(name: str) -> ModelSpec:
+    """The spec of a zoo name; case and ``-`` vs ``_`` do not matter (``EfficientFormer-L1``)
+    when they leave exactly one match."""
     _load_all()
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("model", name, _REGISTRY) from None
+    matches = [spec for key, spec in _REGISTRY.items() if _normalised(key) == _normalised(name)]
+    if len(matches) == 1:
+        return matches[0]
+    raise UnknownNameError("model", name, _REGISTRY)
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

@@ -1,7 +1,7 @@
 """EfficientFormer (V1): L1, L3, L7 — Li et al., "EfficientFormer: Vision Transformers at
 MobileNet Speed", NeurIPS 2022, arXiv:2206.01191.
 
-Written from the shared spec (ARCHITECTURES.md §1) and the paper.  Module and parameter names
+Written from docs/architectures.md §1 and the paper.  Module and parameter names
 follow the official repository (snap-research/EfficientFormer) so its checkpoints load as they
 are:
 ``patch_embed.{0,1,3,4}``, ``network.{0..6}``, ``layer_scale_1/2``, ``token_mixer.qkv``,
@@ -14,7 +14,7 @@ tokens → ``head`` and ``dist_head``, averaged in eval mode, a tuple in train m
 
 Export notes: the attention bias is gathered from ``attention_biases`` on every forward.  The
 official code caches that gather in a plain attribute at ``.eval()`` time, which goes stale when
-weights are loaded afterwards (ARCHITECTURES.md pitfall 1); gathering costs one small index op
+weights are loaded afterwards (docs/architectures.md pitfall 1); gathering costs one small index op
 and exports as a Gather on the (heads, res²) table, which passes may fold into a constant.
 """
 

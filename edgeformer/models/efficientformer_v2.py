@@ -1,7 +1,7 @@
 """EfficientFormerV2: S0, S1, S2, L — Li et al., "Rethinking Vision Transformers for MobileNet Size
 and Speed", ICCV 2023, arXiv:2212.08059.
 
-Written from ARCHITECTURES.md §1 (V2 brief) and the paper.  Names follow the official repository
+Written from docs/architectures.md §1 (V2 brief) and the paper.  Names follow the official repository
 (snap-research/EfficientFormer, models/efficientformer_v2.py) so its checkpoints load directly.
 
 Layout (all NCHW, BatchNorm everywhere, GELU):

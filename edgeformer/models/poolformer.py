@@ -1,7 +1,7 @@
 """PoolFormer: S12, S24, S36, M36, M48 — Yu et al., "MetaFormer Is Actually What You Need for
 Vision", CVPR 2022, arXiv:2111.11418.
 
-Written from ARCHITECTURES.md §2.  Names follow the official repository (sail-sg/poolformer):
+Written from docs/architectures.md §2.  Names follow the official repository (sail-sg/poolformer):
 ``patch_embed.proj``, ``network.{0,2,4,6}.{b}.{norm1,norm2,mlp.fc1,mlp.fc2,layer_scale_1/2}``,
 ``network.{1,3,5}.proj``, ``norm``, ``head``.
 

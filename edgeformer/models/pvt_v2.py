@@ -1,5 +1,5 @@
 """PVTv2 (Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer", CVMJ 2022,
-arXiv 2106.13797), spec ``ARCHITECTURES.md`` §7; the host network of EcoFormer's headline result.
+arXiv 2106.13797), spec docs/architectures.md §7; the host network of EcoFormer's headline result.
 
 Four stages of [overlapping patch embedding (Conv2d + LayerNorm) → blocks → LayerNorm]; a block is
 ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` with spatial-reduction attention (keys/values from

@@ -63,9 +63,11 @@ class LatencyReport:
     edgeformer_version: str = ""
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    # Where write() put it (not part of the file): what the CLI says it wrote.
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
         for key in ("artifact", "measurement", "latency", "ops", "budget", "remote"):
             if d[key] is not None:
                 d[key] = dataclasses.asdict(d[key])
@@ -73,6 +75,8 @@ class LatencyReport:
         return d
 
     def write(self, path: str | Path) -> Path:
+        """Validate and write atomically (creating missing parent folders); sets ``self.path``."""
         data = self.to_dict()
         validate(data, "profile")
-        return atomic_write_json(Path(path), data)
+        self.path = atomic_write_json(Path(path), data, mkdir=True)
+        return self.path

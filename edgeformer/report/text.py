@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from edgeformer.models import get_spec
+
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence], *, justify_right: Sequence[int] = ()):
     from rich.table import Table
@@ -26,19 +28,130 @@ def short_paper(paper: str) -> str:
     return paper.split(",")[0] + (f" arXiv:{arxiv.group(1)}" if arxiv else "")
 
 
-def compile_summary(report, console) -> None:
-    """What a compile did: passes, numerics, files and runtimes."""
+def _signed(n: int) -> str:
+    """An op count change with its sign: +22, −3, 0 (a true minus sign, as a table shows it)."""
+    return f"+{n}" if n > 0 else f"−{-n}" if n < 0 else "0"
+
+
+def ops_delta(p) -> str:
+    """A pass's change in op count, e.g. "+22", "−3", "0 (+2 −2)" when it both added and removed."""
+    added = sum(v for v in p.op_delta.values() if v > 0)
+    removed = -sum(v for v in p.op_delta.values() if v < 0)
+    net = added - removed if p.op_delta else -p.nodes_removed
+    if added and removed:
+        return f"{_signed(net)} (+{added} −{removed})"
+    return _signed(net)
+
+
+def profile_ref(manifest) -> str:
+    """The --profile that names the manifest's profile: the shipped name, or the file it came from."""
+    where = manifest.profile.path or ""
+    if where and not where.startswith(("profile ", "manifest ")):
+        return where
+    return manifest.profile.name
+
+
+def _shape(spec) -> str:
+    text = "x".join(str(d) for d in spec.shape)
+    return text if spec.dtype == "float32" else f"{text}:{spec.dtype}"
+
+
+def _zoo_default_shapes(name: str) -> list[list[int]] | None:
+    try:
+        return [list(s) for s in get_spec(name).input_shapes]
+    except Exception:  # noqa: BLE001 - only decides whether to spell out the shapes
+        return None
+
+
+def tune_command(
+    manifest, *, profile: str | None = None, passes: str | None = None, factory_args: Sequence[str] = ()
+) -> str | None:
+    """The ``edgeformer tune`` command line for the model this manifest was compiled from (None for
+    an ``nn.Module`` passed from Python, which has no command line).
+
+    MODEL is given as the user gave it (zoo name, the .pt2 path, package.module:factory), with the
+    input shapes, weights, passes and profile that select the same TVM workload.
+    """
+    import shlex
+
+    m = manifest.model
+    shapes = [_shape(t) for t in manifest.inputs]
+    if m.source == "zoo":
+        ref = m.name
+        defaults = _zoo_default_shapes(m.name)
+        if defaults is not None and defaults == [list(t.shape) for t in manifest.inputs]:
+            shapes = []
+    elif m.source == "pt2" and m.path:
+        ref, shapes = m.path, []  # the export fixes its shapes
+    elif m.source == "factory" and m.ref:
+        ref = m.ref
+    else:
+        return None
+    argv = ["edgeformer", "tune", ref]
+    for s in shapes:
+        argv += ["--input-shape", s]
+    for a in factory_args:
+        argv += ["--factory-arg", a]
+    if m.weights is not None:
+        argv += ["--weights", m.weights.path]
+    if passes:
+        argv.append(f"--passes={passes}")
+    argv += ["--profile", profile or profile_ref(manifest)]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _weights_line(m) -> str | None:
+    origin = m.model.weights_origin
+    if origin == "random":
+        return "weights: [yellow]random[/yellow] (pass --weights FILE for trained ones)"
+    w = m.model.weights
+    if origin == "checkpoint" and w is not None:
+        # The layout says something only when the checkpoint was converted (timm names → the model's).
+        layout = f", converted from the {w.layout} layout" if w.layout and w.layout != "official" else ""
+        return f"weights: checkpoint {w.path} (sha256 {w.sha256[:12]}{layout})"
+    return None
+
+
+def _details(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def compile_summary(
+    report,
+    console,
+    *,
+    profile: str | None = None,
+    passes: str | None = None,
+    factory_args: Sequence[str] = (),
+) -> None:
+    """What a compile did: passes, weights, numerics, files and runtimes.
+
+    ``profile``, ``passes`` and ``factory_args`` are the command line's, for the commands it
+    suggests (``edgeformer tune`` for an untuned TVM compile).
+    """
     m = report.manifest
-    cached = f"  [yellow](cached: identical compile skipped, key {m.cache_key[:12]})[/yellow]" if report.cached else ""
-    console.print(
-        f"[bold]{m.model.name}[/bold] → [bold]{m.target}[/bold] (profile {m.profile.name}) in {report.path}{cached}"
-    )
+    console.print(f"[bold]{m.model.name}[/bold] → [bold]{m.target}[/bold] (profile {m.profile.name}) in {report.path}")
+    if report.cached:
+        where = (
+            f"already in {report.path}"
+            if report.cache_source == "output"
+            else f"from the compile cache (key {m.cache_key[:12]})"
+        )
+        when = f" made {m.created_at}" if m.created_at else ""
+        console.print(
+            f"[yellow]cached:[/yellow] identical compile {where}{when}, took {report.elapsed_s:.1f} s now "
+            f"(the original compile took {m.compile_time_s:.1f} s)"
+        )
     rows = [
         (
             p.name,
             "exact" if p.exact else "approx",
             p.matched,
-            p.nodes_removed,
+            ops_delta(p),
             p.params_folded,
             "-" if p.max_abs_diff is None else f"{p.max_abs_diff:.2e}",
         )
@@ -48,7 +161,7 @@ def compile_summary(report, console) -> None:
         console.print(
             table(
                 "passes",
-                ["pass", "kind", "matched", "nodes removed", "params folded", "max |Δ|"],
+                ["pass", "kind", "matched", "Δ ops", "params folded", "max |Δ|"],
                 rows,
                 justify_right=(2, 3, 4, 5),
             )
@@ -56,12 +169,39 @@ def compile_summary(report, console) -> None:
     for p in m.passes:
         for line in p.details.get("explain", []):
             console.print(f"  {p.name}: {line}", markup=False)
-    layout = m.target_details.get("ort_blocked_layout") or {}
+    weights = _weights_line(m)
+    if weights:
+        console.print(weights)
+    details = m.target_details
+    layout = details.get("ort_blocked_layout") or {}
     if layout.get("norms_on_blocked_layout"):
         console.print(
             f"onnxruntime layout: {layout['norms_on_blocked_layout']} norms run on blocked NCHWc tensors, "
             f"{layout['reorders_removed']} reorders removed"
         )
+    if details.get("ort_format_portable") is False:
+        console.print(
+            details.get("ort_cpu_specific")
+            or "model.ort is specific to this CPU (NCHWc layout ops); for phones use --profile android-arm64-ort",
+            markup=False,
+        )
+    if details.get("delegation_summary"):
+        console.print(f"delegation: {_details(details['delegation_summary'])}", markup=False)
+    tuning = details.get("tuning") or {}
+    status = str(tuning.get("status") or "")
+    if status.startswith("untuned"):
+        from rich.markup import escape
+
+        cmd = tune_command(m, profile=profile, passes=passes, factory_args=factory_args)
+        how = (
+            f"tune it, then compile again: {escape(cmd)}"
+            if cmd
+            else "tune it from Python: edgeformer.tuning.tune_model(module, profile, input_shapes=...)"
+        )
+        console.print(f"[yellow]tvm: {status}[/yellow]: untuned TVM runs about 100x slower; {how}", soft_wrap=True)
+    elif status:
+        tuned, tunable = tuning.get("tuned_functions", 0), tuning.get("tunable_functions", 0)
+        console.print(f"tvm: {status} ({tuned} of {tunable} functions tuned)", markup=False)
     n = m.numerics
     if n.status == "skipped":
         console.print(f"numerics: [yellow]skipped[/yellow] ({n.reason})")
@@ -74,7 +214,10 @@ def compile_summary(report, console) -> None:
     files = ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in m.files)
     console.print(f"files: {files}")
     versions = ", ".join(f"{k} {v}" for k, v in sorted(m.runtime_versions.items()))
-    console.print(f"compile time {m.compile_time_s:.1f} s; runtimes: {versions}")
+    if report.cached:
+        console.print(f"runtimes: {versions}")
+    else:
+        console.print(f"compile time {m.compile_time_s:.1f} s; runtimes: {versions}")
 
 
 def profile_table(report, console, *, top: int = 15) -> None:
@@ -128,7 +271,7 @@ def profile_table(report, console, *, top: int = 15) -> None:
         ]
         rows.append(
             (
-                "(unexplained: runtime overhead between ops)",
+                "(not in any op: session/dispatch overhead and profiler cost)",
                 "",
                 "",
                 "",
@@ -138,8 +281,8 @@ def profile_table(report, console, *, top: int = 15) -> None:
         )
         console.print(
             table(
-                f"top {min(top, len(ops.ops))} of {len(ops.ops)} ops, mean of {ops.runs} runs "
-                f"(end to end {ops.end_to_end_ms:.3f} ms)",
+                f"top {min(top, len(ops.ops))} of {len(ops.ops)} ops, mean of {ops.runs} profiled runs "
+                f"(shares are of the profiled run: {ops.end_to_end_ms:.3f} ms end to end)",
                 ["op", "type", "source module", "device", "ms", "share"],
                 rows,
                 justify_right=(4, 5),
@@ -150,4 +293,42 @@ def profile_table(report, console, *, top: int = 15) -> None:
             console.print("by type: " + ", ".join(f"{k} {v:.3f} ms" for k, v in by_type))
     for note in report.notes:
         console.print(f"[dim]note: {note}[/dim]")
-    console.print(f"[dim]wrote {a.path}/profile.json[/dim]" if not report.remote else "")
+    if report.path is not None:
+        console.print(f"[dim]wrote {report.path}[/dim]")
+
+
+def compare_table(reports, console) -> None:
+    """Several latency reports side by side: median, p90, load, first run, and each median's ratio
+    to the fastest (1.00× is the fastest)."""
+    fastest = min(r.latency.median_ms for r in reports)
+    budgets = any(r.budget for r in reports)
+    rows = []
+    for r in reports:
+        a, lat = r.artifact, r.latency
+        row = [
+            a.path,
+            a.model,
+            f"{a.target} ({a.profile})",
+            f"{lat.median_ms:.3f}",
+            f"{lat.p90_ms:.3f}",
+            f"{r.load_ms:.1f}",
+            f"{r.first_inference_ms:.3f}",
+            f"{lat.median_ms / fastest:.2f}×" if fastest > 0 else "-",
+            lat.runs,
+        ]
+        if budgets:
+            row.append("-" if not r.budget else f"{r.budget.latency_ms:g} {'met' if r.budget.met else 'MISSED'}")
+        rows.append(row)
+    columns = ["artifact", "model", "target (profile)", "median", "p90", "load", "first", "vs fastest", "runs"]
+    if budgets:
+        columns.append("budget ms")
+    console.print(table("latency (ms), timed in alternating blocks", columns, rows, justify_right=range(3, 9)))
+    mach = reports[0].machine
+    cores = mach.usable_cores if mach.usable_cores is not None else mach.logical_cores
+    console.print(f"[dim]this machine: {mach.cpu_model or '?'}, {cores} cores[/dim]")
+    for r in reports:
+        for note in r.notes:
+            if not note.startswith("timed in alternating blocks"):
+                console.print(f"[dim]note: {r.artifact.path}: {note}[/dim]")
+        if r.path is not None:
+            console.print(f"[dim]wrote {r.path}[/dim]")

@@ -1,12 +1,24 @@
-"""Per-op times from ORT's own profiler trace, mapped back to the PyTorch source modules."""
+"""Per-op times from ORT's own profiler trace, mapped back to the PyTorch source modules.
+
+Small models make means mislead: one slow run of one node (a page fault, a thread woken late)
+outweighs the others, and the cold first run is slower everywhere.  So the profile is taken after
+``WARMUP_RUNS`` runs, and every time is a median over the counted runs: each node's time per run
+(the sum of its kernel events inside that run's ``model_run`` event, 0 when it did not run), and
+the end-to-end time of the ``model_run`` events.
+"""
 
 from __future__ import annotations
 
 import ast
+import bisect
 import re
+import statistics
 from pathlib import Path
 
 from ..base import OpProfile, OpTime
+
+# Runs before the counted ones (their events are in the trace and left out by time).
+WARMUP_RUNS = 3
 
 
 def source_map(onnx_path: Path) -> dict[str, str]:
@@ -45,35 +57,57 @@ def lookup_source(node_name: str, sources: dict[str, str]) -> str | None:
     return None
 
 
-def op_profile(trace: list[dict], runs: int, sources: dict[str, str]) -> OpProfile:
-    """The last ``runs`` model runs of an ORT profiler trace as an :class:`OpProfile`."""
-    run_events = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    counted = run_events[-runs:]
-    t0 = counted[0]["ts"] if counted else 0
+def op_profile(trace: list[dict], runs: int, sources: dict[str, str], *, warmup: int = 0) -> OpProfile:
+    """The last ``runs`` model runs of an ORT profiler trace as an :class:`OpProfile` of medians.
+
+    ``warmup`` is how many runs the trace holds before them (only recorded in the notes).
+    """
+    run_events = sorted(
+        (e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+    )
+    counted = run_events[-runs:] if runs > 0 else []
+    starts = [e["ts"] for e in counted]
     per_node: dict[str, dict] = {}
     for e in trace:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < t0:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        if i < 0 or e["ts"] > counted[i]["ts"] + counted[i]["dur"]:
+            continue  # session set-up, a warm-up run, or between runs
         name = e["name"][: -len("_kernel_time")]
         args = e.get("args", {})
         d = per_node.setdefault(
-            name, {"us": 0.0, "n": 0, "type": args.get("op_name", "?"), "device": args.get("provider", "")}
+            name,
+            {
+                "us": [0.0] * len(counted),
+                "n": [0] * len(counted),
+                "type": args.get("op_name", "?"),
+                "device": args.get("provider", ""),
+            },
         )
-        d["us"] += e["dur"]
-        d["n"] += 1
-    e2e_ms = sum(e["dur"] for e in counted) / max(len(counted), 1) / 1e3
+        d["us"][i] += e["dur"]
+        d["n"][i] += 1
+    e2e_ms = statistics.median(e["dur"] for e in counted) / 1e3 if counted else 0.0
     ops = [
         OpTime(
             name=name,
             type=d["type"],
-            time_ms=d["us"] / runs / 1e3,
+            time_ms=statistics.median(d["us"]) / 1e3,
             share=0.0,
-            calls=max(1, round(d["n"] / runs)),
+            calls=max(1, round(statistics.median(d["n"]))),
             device=d["device"].replace("ExecutionProvider", "") or None,
             source=lookup_source(name, sources),
         )
         for name, d in per_node.items()
     ]
     return OpProfile.build(
-        "onnxruntime", runs, e2e_ms, ops, notes=["times are ORT profiler kernel times; unexplained = session overhead"]
+        "onnxruntime",
+        len(counted),
+        e2e_ms,
+        ops,
+        notes=[
+            f"times are medians over {len(counted)} runs after {warmup} warm-up runs: per node (ORT profiler "
+            "kernel times) and end to end (model_run)",
+            "unexplained = session overhead; medians of the parts need not add up to the median of the whole",
+        ],
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from pathlib import Path
 
 from ..base import CompileResult, OpProfile, RemoteProfile, Target
@@ -95,12 +96,11 @@ class TvmTarget(Target):
         if database is None:
             log.warning(  # the compile still succeeds: untuned is correct, only slow
                 "no TVM tuning database for %s on %s (looked for %s): compiling untuned, which runs about "
-                "100x slower than tuned; run `edgeformer tune %s --profile %s` first",
+                "100x slower than tuned; %s first",
                 graph.name,
                 profile.name,
                 db_path,
-                graph.name,
-                profile.name,
+                _tune_hint(profile),
             )
         else:
             mod, applied = db.apply_database(mod, target, database, profile.options.threads or 1)
@@ -125,7 +125,7 @@ class TvmTarget(Target):
                     f"applied {applied} tuned schedules from {db_path}"
                     if database is not None
                     else f"no tuning database for this workload ({db_path}); untuned TVM runs about 100x "
-                    f"slower: run `edgeformer tune {graph.name} --profile {profile.name}`"
+                    f"slower: {_tune_hint(profile)}"
                 ),
             },
         }
@@ -185,6 +185,19 @@ class TvmTarget(Target):
             timeout_s=timeout_s,
             cooldown_ms=cooldown_ms,
         )
+
+
+def _tune_hint(profile) -> str:
+    """How to tune this workload, without naming the model: the target sees only ``graph.name``,
+    not what the user typed (a zoo name, ``file.pt2``, ``package.module:factory``), and the
+    database is keyed by the exact graph, so every option that shapes it must be repeated.  The
+    CLI prints the full command from the manifest."""
+    # A profile loaded from a TOML file is found again by its path, a shipped one by its name.
+    ref = profile.path if profile.path and Path(profile.path).is_file() else profile.name
+    return (
+        "run `edgeformer tune` with the same MODEL, --input-shape and --weights as this compile "
+        f"(and its --factory-arg and --passes, if any), and --profile {shlex.quote(ref)}"
+    )
 
 
 def _status(has_database: bool, applied: int, total: int) -> str:

@@ -48,7 +48,7 @@ def _request(tracker: str, key: str, timeout_s: float):
         raise UserError(
             f"no device registered under key {key!r} at the TVM RPC tracker {host}:{port} "
             f"(registered keys: {', '.join(keys) if keys else 'none'})",
-            f"start one on the device: python -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}",
+            f"start one on the device: {erpc.device_command(tracker, key)}",
         )
     deadline = time.monotonic() + timeout_s
     while erpc.device_counts(erpc.tracker_summary(tracker), key)[1] == 0:
@@ -82,7 +82,7 @@ def _request(tracker: str, key: str, timeout_s: float):
     except Exception as err:  # noqa: BLE001 - TVM raises TVMError subclasses for a dead server
         raise UserError(
             f"the device {s_host}:{s_port} (key {key!r}) did not accept the session: {err}",
-            "restart the RPC server on the device",
+            f"restart it on the device: {erpc.device_command(tracker, key)}",
         ) from err
 
 

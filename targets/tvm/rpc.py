@@ -14,7 +14,18 @@ server bound to 127.0.0.1 on their machines and forward the ports over SSH, e.g.
 Never bind a server to 0.0.0.0 on a network you do not control.
 
 Each process starts in its own session and is stopped by its process-group id, so the forked
-per-connection workers of a server go with it.
+per-connection workers of a server go with it.  A process that runs whatever it is sent must not
+outlive the one that started it:
+
+* ``edgeformer rpc-server`` (:func:`serve`, :func:`serve_tracker`) turns SIGTERM, SIGHUP and
+  SIGINT into a clean stop that ends the child's whole group, then exits 0;
+* a child whose parent is gone anyway (SIGKILL, a crash) notices by itself: a thread in it
+  polls ``getppid()`` every 0.2 s and, once the parent has changed, SIGKILLs its own process
+  group, forked session workers included.  Polling rather than Linux's ``PR_SET_PDEATHSIG``:
+  that signal needs ``preexec_fn`` (unsafe in a threaded parent) or ctypes, fires when the
+  *thread* that started the child ends (a library caller on a worker thread would lose its
+  server), is cleared in the server's forked workers (so the child must kill its group itself
+  all the same) and is Linux-only, while a device may be any POSIX machine (a Mac, say).
 """
 
 from __future__ import annotations
@@ -23,12 +34,14 @@ import contextlib
 import logging
 import os
 import select
+import shlex
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +51,24 @@ from edgeformer.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
+
+# Run first inside each child (_spawn prepends it): end this process group (the child and the
+# server's forked session workers) once the parent that started it is gone; see the module docstring.
+_PARENT_ENV = "EDGEFORMER_RPC_PARENT"
+_WATCHDOG = r"""
+import os as _os, signal as _signal, threading as _threading, time as _time
+
+def _watch_parent(parent):
+    while _os.getppid() == parent:
+        _time.sleep(0.2)
+    if _os.getpgid(0) == _os.getpid():  # the leader of its own group (start_new_session)
+        _os.killpg(_os.getpid(), _signal.SIGKILL)
+    _os.kill(_os.getpid(), _signal.SIGKILL)
+
+_parent = int(_os.environ.pop("EDGEFORMER_RPC_PARENT", "0") or 0)
+if _parent:
+    _threading.Thread(target=_watch_parent, args=(_parent,), name="edgeformer-parent-watch", daemon=True).start()
+"""
 
 # Run inside the child: start TVM's tracker / server loop in this process (no extra PopenWorker),
 # print the port it bound, then wait until killed.
@@ -81,6 +112,12 @@ def parse_address(address: str, what: str = "tracker") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"bad {what} address {address!r}", "use HOST:PORT, e.g. 127.0.0.1:9190")
     return host.strip("[]"), int(port)
+
+
+def device_command(tracker: str, key: str) -> str:
+    """What to run on a device to serve it under ``key`` (edgeformer's server also reports the
+    device's CPU to ``profile --remote``; a plain ``tvm.exec.rpc_server`` does not)."""
+    return f"edgeformer rpc-server --tracker {tracker} --key {shlex.quote(key)}"
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -136,24 +173,39 @@ def _spawn(
 ) -> RpcProcess:
     tmp = tempfile.TemporaryDirectory(prefix=f"edgeformer-rpc-{kind}-")
     log_path = Path(tmp.name) / f"{kind}.log"
-    with open(log_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-            cwd=tmp.name,
-        )
-    rp = RpcProcess(kind, proc, host, 0, key, log_path, tmp)
-    deadline = time.monotonic() + timeout
-    line = b""
-    while time.monotonic() < deadline and proc.poll() is None:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            break
+    rp: RpcProcess | None = None
+    try:
+        with open(log_path, "wb") as err:
+            rp = RpcProcess(
+                kind,
+                subprocess.Popen(
+                    [sys.executable, "-c", _WATCHDOG + script, *args],
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(env or {}), _PARENT_ENV: str(os.getpid())},
+                    start_new_session=True,  # its own group: stop() ends it with its workers
+                    cwd=tmp.name,
+                ),
+                host,
+                0,
+                key,
+                log_path,
+                tmp,
+            )
+        proc = rp.proc
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                line = proc.stdout.readline()
+                break
+    except BaseException:  # a signal while it starts (see _foreground): do not leave it running
+        if rp is not None:
+            rp.stop()
+        tmp.cleanup()
+        raise
     if not line.startswith(b"PORT "):
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
         rp.stop()
@@ -193,8 +245,7 @@ def tracker_summary(tracker: str, *, timeout: float = 5.0) -> dict:
     except OSError as err:
         raise UserError(
             f"cannot reach the TVM RPC tracker at {host}:{port} ({err.strerror or err})",
-            "start it (python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port PORT) or open the SSH tunnel, "
-            "and check --remote",
+            f"start it (edgeformer rpc-server --tracker-only --port {port}) or open the SSH tunnel, and check --remote",
         ) from err
     try:
         sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
@@ -263,22 +314,53 @@ def serve(
             "prefer 127.0.0.1 with an SSH tunnel",
             host,
         )
-    _foreground(start_server(tracker, key, host, port, threads=threads), on_ready)
+    _foreground(lambda: start_server(tracker, key, host, port, threads=threads), on_ready)
 
 
 def serve_tracker(host: str = DEFAULT_HOST, port: int = 9190, *, on_ready=None) -> None:
     """Run a tracker in the foreground until interrupted (``on_ready(tracker)`` once it listens)."""
-    _foreground(start_tracker(host, port), on_ready)
+    _foreground(lambda: start_tracker(host, port), on_ready)
 
 
-def _foreground(proc: RpcProcess, on_ready) -> None:
-    """Call ``on_ready(proc)``, then wait until it exits or Ctrl-C, and stop it either way."""
+# What ends a foreground server: Ctrl-C, `kill`, systemd's stop, the terminal closing.
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class _Stop(BaseException):
+    """Raised by the signal handler of :func:`_foreground` (a BaseException, so that an
+    ``except Exception`` in ``on_ready`` does not swallow it)."""
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _Stop(signum)
+
+
+def _foreground(start, on_ready) -> None:
+    """Start ``start()``, call ``on_ready(proc)``, then wait until it exits or a stop signal
+    arrives (SIGINT, SIGTERM, SIGHUP), and stop it (its whole process group) either way.
+
+    Python's default SIGTERM and SIGHUP end the process at once, with no ``finally``: the child,
+    in its own session, was left serving with parent PID 1.  The handlers are set before the
+    child starts and restored afterwards (main thread only: elsewhere signals cannot be caught).
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in _STOP_SIGNALS} if main else {}
+    proc: RpcProcess | None = None
     try:
+        proc = start()
         if on_ready:
             on_ready(proc)
         while proc.alive():
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, _Stop) as stop:
+        signum = stop.args[0] if isinstance(stop, _Stop) else signal.SIGINT
+        log.info("stopping the TVM RPC %s on %s", proc.kind if proc else "process", signal.Signals(signum).name)
     finally:
-        proc.stop()
+        try:
+            for sig in previous:  # a second signal must not cut the stop short
+                signal.signal(sig, signal.SIG_IGN)
+            if proc is not None:
+                proc.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python

@@ -4,8 +4,9 @@ TVM 0.27's runtime has no ``vm.profile`` report any more; its Relax VM exposes t
 report was built on, ``set_instrument``, which is called before and after every VM ``Call``
 instruction.  The per-op profile times each call between those two points: kernels appear under
 their fused TIR function name, VM builtins (allocation, shape checks) under ``vm.builtin.*``.
-The end-to-end time is measured separately without the hook, so the hook's own overhead is not
-counted in it; what the op times do not explain is reported as the remainder.
+Each op's time is the median over the profiled runs of its time in a run, and the end-to-end
+time the median of the same runs (hook included); what the op times do not explain is reported
+as the remainder, and the median without the hook is given in a note.
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ class TvmRunner(Runner):
 
     # -------------------------------------------------------------------------------- per-op
     def profile_ops(self, inputs: Sequence[np.ndarray], runs: int, sources: dict[str, str] | None = None) -> OpProfile:
-        """Per-call times of ``runs`` inferences (after one warm-up), in the common format."""
+        """Per-call times of ``runs`` inferences, in the common format: per op the median over the
+        runs of its time in a run, and the median end to end (see :func:`aggregate_runs`).
+
+        Warm-up, not profiled: one run without the hook (first-call allocations, caches), then one
+        with it (the hook's own first calls: Python callback set-up, the ``per`` dict growing).
+        """
         args = self._tensors(inputs)
         self._main(*args)  # warm-up, not profiled
         plain = []
@@ -101,7 +107,7 @@ class TvmRunner(Runner):
             self._main(*args)
             plain.append((time.perf_counter_ns() - t0) / 1e6)
 
-        per: dict[str, dict] = {}
+        per: dict[str, list[int]] = {}  # this run: symbol -> [total ns, calls]
         stack: list[int] = []
 
         def instrument(func, symbol, before_run, ret_value, *call_args):
@@ -109,45 +115,79 @@ class TvmRunner(Runner):
                 stack.append(time.perf_counter_ns())
             else:
                 dt = time.perf_counter_ns() - stack.pop()
-                d = per.setdefault(symbol, {"ns": 0, "n": 0})
-                d["ns"] += dt
-                d["n"] += 1
+                d = per.setdefault(symbol, [0, 0])
+                d[0] += dt
+                d[1] += 1
             return 0  # VMInstrumentReturnKind.NO_OP
 
+        per_run: list[dict[str, tuple[int, int]]] = []
         e2e = []
         self.vm.set_instrument(instrument)
         try:
-            for _ in range(runs):
+            for i in range(runs + _HOOKED_WARMUP):
+                per.clear()
+                stack.clear()
                 t0 = time.perf_counter_ns()
                 self._main(*args)
-                e2e.append((time.perf_counter_ns() - t0) / 1e6)
+                dt = (time.perf_counter_ns() - t0) / 1e6
+                if i >= _HOOKED_WARMUP:
+                    per_run.append({k: (v[0], v[1]) for k, v in per.items()})
+                    e2e.append(dt)
         finally:
             self.vm.set_instrument(None)
+        medians, end_to_end = aggregate_runs(per_run, e2e)
         sources = sources or {}
         ops = [
             OpTime(
                 name=name,
                 type=op_type(name),
-                time_ms=d["ns"] / runs / 1e6,
+                time_ms=ms,
                 share=0.0,
-                calls=max(1, round(d["n"] / runs)),
+                calls=max(1, calls),
                 device="cpu",
                 source=sources.get(name),
             )
-            for name, d in per.items()
+            for name, (ms, calls) in medians.items()
         ]
         return OpProfile.build(
             "tvm",
             runs,
-            float(np.mean(e2e)),
+            end_to_end,
             ops,
             notes=[
                 "times are Relax VM calls timed by the VM's instrument hook (TVM 0.27 has no vm.profile); "
-                "end-to-end is the mean of the same profiled runs; unexplained = VM dispatch and hook overhead",
-                f"without the hook the mean end-to-end time was {np.mean(plain):.3f} ms",
+                f"per op the median over {runs} profiled runs of its time in a run, end to end the median "
+                f"of the same runs, after {1 + _HOOKED_WARMUP} warm-up runs; "
+                "unexplained = VM dispatch and hook overhead",
+                f"without the hook the median end-to-end time was {float(np.median(plain)):.3f} ms",
                 "kernels are fused TIR functions: one entry can cover several PyTorch ops",
             ],
         )
+
+
+_HOOKED_WARMUP = 1  # runs with the instrument hook before the profiled ones
+
+
+def aggregate_runs(
+    per_run: Sequence[dict[str, tuple[int, int]]], e2e_ms: Sequence[float]
+) -> tuple[dict[str, tuple[float, int]], float]:
+    """Per-run op timings → ({symbol: (median ms per run, calls per run)}, median end-to-end ms).
+
+    ``per_run[i][symbol]`` is (total ns, calls) of that op in run i; an op missing from a run took
+    0 there.  Medians, not means: on a small model one preempted run (a page fault, the scheduler)
+    is many times a typical one, and a mean lets it dominate every op it touched.  The op medians
+    are taken per op, so they need not add up to the median end to end; the difference is
+    reported as unexplained, as always.
+    """
+    if not per_run:
+        return {}, float(np.median(e2e_ms)) if len(e2e_ms) else 0.0
+    names = sorted({name for run in per_run for name in run})
+    out = {}
+    for name in names:
+        ns = [run.get(name, (0, 0))[0] for run in per_run]
+        calls = [run.get(name, (0, 0))[1] for run in per_run]
+        out[name] = (float(np.median(ns)) / 1e6, round(float(np.median(calls))))
+    return out, float(np.median(e2e_ms))
 
 
 def op_type(symbol: str) -> str:

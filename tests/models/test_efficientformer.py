@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 SIZES = ["l1", "l3", "l7"]
 KEY_COUNTS = {"l1": 281, "l3": 457, "l7": 649}
-COMPUTED_PARAMS = {"l1": 12.290e6, "l3": 31.406e6, "l7": 82.229e6}  # ARCHITECTURES.md §1
+COMPUTED_PARAMS = {"l1": 12.290e6, "l3": 31.406e6, "l7": 82.229e6}  # docs/architectures.md §1
 # index of the Flat in network.6 (blocks before it are Meta4D, after it Meta3D)
 FLAT_INDEX = {"l1": 3, "l3": 2, "l7": 0}
 

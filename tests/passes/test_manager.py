@@ -24,6 +24,7 @@ from edgeformer.passes import (
     resolve_pipeline,
 )
 from edgeformer.passes._graph import Editor, arg, is_op
+from edgeformer.passes.base import EXACT_RTOL
 from edgeformer.targets import TARGETS, get_target
 
 
@@ -180,9 +181,13 @@ def test_resolve_pipeline_applies_profile_lists_then_cli_edits():
 
 
 def test_every_target_pipeline_holds_each_exact_pass_once():
+    # decompose_unmasked_sdpa is ExecuTorch's alone: the others import SDPA into their own kernels.
+    target_only = {"executorch": {"decompose_unmasked_sdpa"}}
     for name in TARGETS:
         pipeline = get_target(name).pipeline.names
-        assert sorted(pipeline) == sorted(pass_names()) and len(set(pipeline)) == len(pipeline)
+        assert sorted(pipeline) == sorted(PIPELINES["exact"] + sorted(target_only.get(name, ())))
+        assert len(set(pipeline)) == len(pipeline)
+    assert set(pass_names()) == set(PIPELINES["exact"]) | {"decompose_unmasked_sdpa"}
     assert PIPELINES["exact"].index("reparameterize_branches") < PIPELINES["exact"].index("fold_batchnorm")
     assert PIPELINES["exact"].index("fold_batchnorm") < PIPELINES["exact"].index("fold_layer_scale")
 
@@ -204,5 +209,73 @@ def test_target_options_are_limited_to_the_pipeline_and_accepted_by_the_manager(
 
 def test_describe_passes_lists_names_summaries_and_exactness():
     rows = describe_passes()
-    assert [r[0] for r in rows] == pass_names() and len(rows) == 10
+    assert [r[0] for r in rows] == pass_names() and len(rows) == 11
     assert all(summary and exact is True for _, summary, exact in rows)
+
+
+class LayerScaleHead(nn.Module):
+    """A linear layer with a layer scale and outputs of order ``scale`` (box regression, ~1e3)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+        self.gamma = nn.Parameter(torch.ones(16))
+        self.head = nn.Linear(16, 8)
+        with torch.no_grad():
+            self.fc.weight.mul_(scale)
+
+    def forward(self, x):
+        return self.head(self.gamma * self.fc(x))
+
+
+def large_graph(scale: float):
+    torch.manual_seed(0)  # the linear layers' init
+    return tiny_graph(LayerScaleHead(scale), (4, 32))
+
+
+class PerturbHeadWeight(Pass):
+    """A deliberately wrong 'exact' pass: multiplies every linear weight by (1 + ``rel``)."""
+
+    name = "perturb_head_weight"
+    summary = "test only"
+    exact = True
+
+    @dataclass
+    class Options:
+        rel: float = 1e-3
+
+    def run(self, graph) -> PassResult:
+        ed = Editor(graph)
+        for n in [n for n in ed.graph.nodes if is_op(n, "aten.linear")]:
+            ed.tensor_arg(n, "weight", ed.const(arg(n, "weight")) * (1 + self.options.rel), "weight")
+            ed.match(n)
+        return self.result(graph, ed)
+
+
+class MakeNaN(ShiftHeadBias):
+    name = "make_nan"
+
+    @dataclass
+    class Options:
+        shift: float = float("nan")
+
+
+@pytest.mark.parametrize("scale", [1e3, 3e4])
+def test_an_exact_fold_is_not_blamed_for_fp32_rounding_at_large_output_scales(scale):
+    graph = large_graph(scale)
+    _, records = PassManager(["fold_layer_scale"]).run(graph)
+    assert records[0].matched == 1
+    # it moved the outputs by fp32 rounding (more than the 1e-5 absolute bound alone)...
+    assert 1e-5 < records[0].max_abs_diff <= EXACT_RTOL * float(graph.run()[0].abs().max())
+
+
+def test_a_wrong_pass_is_still_blamed_at_large_output_scales(monkeypatch):
+    monkeypatch.setitem(_registry._PASSES, PerturbHeadWeight.name, PerturbHeadWeight)
+    with pytest.raises(PassCheckError, match=r"exact pass 'perturb_head_weight' moved fp32 outputs by .*max\|ref\|"):
+        PassManager(["fold_layer_scale", "perturb_head_weight"]).run(large_graph(1e3))
+
+
+def test_a_pass_that_makes_nan_is_blamed(monkeypatch):
+    monkeypatch.setitem(_registry._PASSES, MakeNaN.name, MakeNaN)
+    with pytest.raises(PassCheckError, match="exact pass 'make_nan' moved fp32 outputs by inf"):
+        PassManager(["make_nan"]).run(graph())

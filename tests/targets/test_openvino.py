@@ -243,3 +243,42 @@ def test_compile_through_the_compiler_checks_numerics_and_hashes_files(tmp_path,
     assert [f.path for f in m.files] == ["model.bin", "model.xml"]
     assert m.target_details["inference_precision"] == "f32"
     assert m.runtime_versions["openvino"]
+
+
+def _cumulative_snapshots(per_run_us: dict[str, list[float]]) -> list[dict]:
+    """What the CPU plugin reports after each run: per node the mean since the model was compiled,
+    in whole microseconds (``get_profiling_info`` as (type, exec type, ms))."""
+    runs = len(next(iter(per_run_us.values())))
+    snaps = []
+    for k in range(1, runs + 1):
+        snaps.append(
+            {name: ("Convolution", "jit_avx2_FP32", (sum(t[:k]) // k) / 1e3) for name, t in per_run_us.items()}
+        )
+    return snaps
+
+
+def test_counters_give_each_node_s_median_per_run_time_so_one_outlier_does_not_dominate():
+    from edgeformer.targets.openvino import per_run_medians
+
+    # 3 warm-up runs (the first one cold), then 7 counted runs, one of them a 100x outlier
+    conv = [5000, 300, 150, 100, 104, 96, 10_000, 101, 99, 103]
+    add = [80, 12, 11, 10, 10, 10, 10, 1000, 10, 10]
+    medians = per_run_medians(_cumulative_snapshots({"conv": conv, "add": add}), warmup=3)
+    assert set(medians) == {"conv", "add"}
+    node_type, exec_type, conv_ms = medians["conv"]
+    assert (node_type, exec_type) == ("Convolution", "jit_avx2_FP32")
+    # the plugin's whole-µs means make each reconstructed run uncertain by up to the run count (10 µs)
+    assert abs(conv_ms * 1e3 - 101) <= 10 and abs(medians["add"][2] * 1e3 - 10) <= 10
+
+
+def test_per_op_profile_reads_the_counters_after_every_run_and_warms_up(compiled, monkeypatch):
+    from edgeformer.targets import openvino
+
+    graph, profile, out, _ = compiled
+    reads = []
+    real = openvino._counters
+    monkeypatch.setattr(openvino, "_counters", lambda request: reads.append(1) or real(request))
+    inputs = [t.numpy() for t in graph.example_inputs]
+    prof = get_target("openvino").profile_ops(Artifact(out, None, profile), inputs, 4)
+    assert prof.runs == 4 and len(reads) >= 4 + 3  # every counted run and at least 3 warm-up runs
+    assert any("median" in note for note in prof.notes)

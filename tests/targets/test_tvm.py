@@ -102,8 +102,14 @@ def test_compile_matches_pytorch_within_1e4_and_says_untuned(tmp_path, caplog):
         result = _compile(graph, prof, tmp_path / "a")
     assert result.files == ["model.so"]
     assert result.details["tuning"]["status"] == "untuned"
-    assert "edgeformer tune" in result.details["tuning"]["message"]
     assert any("no TVM tuning database" in r.message for r in caplog.records)
+    # The target only knows the graph's name ("small"), not how the user named the model (a zoo
+    # name, file.pt2, module:factory): it must not print `edgeformer tune small`, which fails.
+    warning = next(r.getMessage() for r in caplog.records if "no TVM tuning database" in r.message)
+    for text in (result.details["tuning"]["message"], warning):
+        assert "edgeformer tune small" not in text and "\n" not in text
+        assert "run `edgeformer tune` with the same MODEL, --input-shape and --weights as this compile" in text
+        assert "--profile test-host-tvm" in text
     ref = ir.run(graph, graph.example_inputs)[0].numpy()
     out = _run(tmp_path / "a", prof, [graph.example_inputs[0].numpy()])[0]
     assert out.shape == ref.shape
@@ -241,6 +247,85 @@ def test_per_op_profile_has_ops_shares_and_remainder(tmp_path):
     assert p.explained_ms == pytest.approx(sum(o.time_ms for o in p.ops))
     assert p.unexplained_ms == pytest.approx(p.end_to_end_ms - p.explained_ms)
     assert p.by_type and p.notes
+
+
+class _FakeVM:
+    """A Relax VM stand-in for ``TvmRunner.profile_ops``: one op per call, whose duration (ms) on
+    the k-th call made with the instrument hook is ``hooked(k)``, read off a fake clock."""
+
+    def __init__(self, clock, hooked, plain_ms=1.0, dispatch_ms=0.1):
+        self.clock, self.hooked, self.plain_ms, self.dispatch_ms = clock, hooked, plain_ms, dispatch_ms
+        self.instrument, self.hooked_calls = None, 0
+
+    def set_instrument(self, fn):
+        self.instrument = fn
+
+    def main(self, *args):
+        if self.instrument is None:
+            self.clock.advance(self.plain_ms)
+            return
+        ms = self.hooked(self.hooked_calls)
+        self.hooked_calls += 1
+        self.clock.advance(self.dispatch_ms)
+        self.instrument(None, "fused_conv2d_add_relu", True, None)
+        self.clock.advance(ms)
+        self.instrument(None, "fused_conv2d_add_relu", False, None)
+
+
+class _FakeClock:
+    def __init__(self):
+        self.ns = 0
+
+    def advance(self, ms):
+        self.ns += round(ms * 1e6)
+
+    def perf_counter_ns(self):
+        return self.ns
+
+
+def _fake_runner(monkeypatch, hooked, **kw):
+    from edgeformer.targets.tvm import runner as tr
+
+    clock = _FakeClock()
+    monkeypatch.setattr(tr, "time", clock)
+    vm = _FakeVM(clock, hooked, **kw)
+    r = object.__new__(tr.TvmRunner)
+    r.vm, r._main, r._tensors = vm, vm.main, lambda inputs: list(inputs)
+    return r, vm
+
+
+def test_per_op_profile_takes_medians_so_one_slow_run_does_not_move_it(monkeypatch):
+    """Small models: one preempted run in five made the mean 20x the typical op time."""
+    slow = {3}  # the 4th profiled run took 100 ms instead of 1 ms
+    r, vm = _fake_runner(monkeypatch, lambda k: 100.0 if k in slow else 1.0)
+    p = r.profile_ops([np.zeros(1, "float32")], 5)
+    (op,) = p.ops
+    assert op.time_ms == pytest.approx(1.0) and op.calls == 1
+    assert p.end_to_end_ms == pytest.approx(1.1)  # median end to end: the op plus the dispatch
+    assert p.unexplained_ms == pytest.approx(0.1)
+    assert any("median" in n for n in p.notes)
+
+
+def test_per_op_profile_discards_a_warm_up_run_with_the_hook(monkeypatch):
+    """The first run with the instrument hook is slow (the hook's own first calls): not profiled."""
+    r, vm = _fake_runner(monkeypatch, lambda k: 50.0 if k == 0 else 2.0)
+    p = r.profile_ops([np.zeros(1, "float32")], 1)
+    assert p.runs == 1 and vm.hooked_calls == 2
+    assert p.ops[0].time_ms == pytest.approx(2.0) and p.end_to_end_ms == pytest.approx(2.1)
+
+
+def test_op_medians_aggregate_per_run_totals():
+    """Per run, an op's calls add up; across runs, the median per op and of end to end."""
+    from edgeformer.targets.tvm.runner import aggregate_runs
+
+    runs = [  # symbol -> (total ns in the run, calls in the run)
+        {"a": (2_000_000, 2), "b": (1_000_000, 1)},
+        {"a": (2_200_000, 2), "b": (900_000, 1)},
+        {"a": (90_000_000, 2), "b": (1_100_000, 1)},  # the outlier run
+    ]
+    ops, e2e = aggregate_runs(runs, [3.5, 3.6, 95.0])
+    assert ops == {"a": (pytest.approx(2.2), 2), "b": (pytest.approx(1.0), 1)}
+    assert e2e == pytest.approx(3.6)
 
 
 def test_unsupported_op_names_the_op_and_its_module(tmp_path):

@@ -143,8 +143,11 @@ def test_profile_artifact_remote_writes_a_remote_report(cluster, artifact, tmp_p
 
 def test_unknown_key_is_a_user_error(cluster, artifact):
     tracker, _ = cluster
-    with pytest.raises(UserError, match="no device registered under key 'nope'.*edge-test"):
+    with pytest.raises(UserError, match="no device registered under key 'nope'.*edge-test") as err:
         profile_remote(artifact, tracker.address, "nope", inputs=_inputs())
+    msg = str(err.value)  # the fix names edgeformer's own server (it reports the device's CPU)
+    assert f"edgeformer rpc-server --tracker {tracker.address} --key nope" in msg
+    assert "tvm.exec" not in msg and "\n" not in msg
 
 
 def test_unreachable_tracker_is_a_one_line_user_error(artifact):
@@ -152,7 +155,8 @@ def test_unreachable_tracker_is_a_one_line_user_error(artifact):
     with pytest.raises(UserError) as err:
         profile_remote(artifact, f"127.0.0.1:{port}", KEY, inputs=_inputs())
     msg = str(err.value)
-    assert f"127.0.0.1:{port}" in msg and "\n" not in msg and "rpc_tracker" in msg
+    assert f"127.0.0.1:{port}" in msg and "\n" not in msg
+    assert f"edgeformer rpc-server --tracker-only --port {port}" in msg and "tvm.exec" not in msg
     assert err.value.exit_code == 2
 
 

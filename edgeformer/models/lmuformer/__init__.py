@@ -1,7 +1,7 @@
 """LMUFormer and Spiking LMUFormer (Liu, Datta, Jaiswal, Beerel; ICLR 2024, arXiv 2402.04882).
 
 Two networks share one skeleton (tokenizer → one block of LMU mixer + conv FFN → per-token head →
-mean over tokens), spec ``ARCHITECTURES.md`` §3:
+mean over tokens), spec docs/architectures.md §3:
 
 * :class:`LMUFormer` — the non-spiking ``lmu_rnn_conv1d`` (1,621,796 parameters at 35 classes);
 * :class:`SpikingLMUFormer` — the "membrane shortcut" ``slmu_rnn_ms_conv1d`` with LIF neurons whose
