@@ -175,7 +175,7 @@ def bench(model_name: str, runtime: str, args, tmp: Path) -> dict:
         out[variant] = {
             "compile_s": round(time.perf_counter() - t0, 2),
             "numerics": m.numerics.status,
-            "max_abs_err": getattr(m.numerics, "max_abs_err", None),
+            "max_abs_error": m.numerics.max_abs_error,
             "sdpa_rewritten": rec.matched if rec else 0,
         }
         if runtime == "executorch":

@@ -40,6 +40,7 @@ import logging
 import operator
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -432,6 +433,13 @@ def _check_kernels(graph, program) -> list[str]:
     return sorted(set(missing))
 
 
+def _timed_median(raw: list[float], runs: int) -> float:
+    """An event's median time over the counted runs (one slow run must not move it): the first
+    sample, the warm-up run's, is dropped when the event recorded one more than ``runs``."""
+    timed = raw[1:] if len(raw) > runs else raw
+    return float(statistics.median(timed)) if timed else 0.0
+
+
 class ExecuTorchRunner(Runner):
     def __init__(self, pte: Path, options, *, etdump: bool = False, fallback_nodes: list[dict] | None = None):
         import torch  # noqa: F401 - executorch.runtime takes torch tensors
@@ -597,7 +605,8 @@ class ExecuTorchTarget(Target):
         )
 
     def profile_ops(self, artifact, inputs, runs: int) -> OpProfile:
-        """Per-op times from ETDump (devtools Inspector); the first run is a warm-up and dropped."""
+        """Per-op times from ETDump (devtools Inspector): each event's median over ``runs`` runs, after
+        a warm-up run whose sample is dropped."""
         with _quiet_python():
             from executorch.devtools import Inspector
 
@@ -624,11 +633,9 @@ class ExecuTorchTarget(Target):
             if block.name != "Execute":
                 continue
             for event in block.events:
-                raw = list(event.perf_data.raw) if event.perf_data else []
-                timed = raw[1:] if len(raw) > runs else raw  # drop the warm-up sample
-                mean = sum(timed) / len(timed) if timed else 0.0
+                median_ms = _timed_median(list(event.perf_data.raw) if event.perf_data else [], runs)
                 if event.name == "Method::execute":
-                    e2e_ms = mean
+                    e2e_ms = median_ms
                 elif event.name == "DELEGATE_CALL":  # follows the delegate's own operator events
                     delegate_index += 1  # its overhead beyond them stays unexplained
                 elif event.name == "OPERATOR_CALL":
@@ -640,7 +647,7 @@ class ExecuTorchTarget(Target):
                         OpTime(
                             name=f"{kernel}#{native_index}",
                             type=f"aten.{kernel.split('.')[0]}",
-                            time_ms=mean,
+                            time_ms=median_ms,
                             share=0.0,
                             device="portable",
                             source=node.get("source"),
@@ -653,7 +660,7 @@ class ExecuTorchTarget(Target):
                         OpTime(
                             name=f"delegate{delegate_index}/{event.name}",
                             type=re.sub(r"\s*#\d+$", "", event.name),
-                            time_ms=mean,
+                            time_ms=median_ms,
                             share=0.0,
                             device=event.delegate_backend_name or _DELEGATE,
                         )

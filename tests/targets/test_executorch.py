@@ -463,3 +463,12 @@ def test_compile_and_run_print_nothing_on_stderr(tmp_path):
     api = run(sys.executable, "-c", API, str(tmp_path / "api"))
     assert api.returncode == 0 and api.stderr == "", api.stderr
     assert api.stdout.split()[0] == "passed"
+
+
+def test_per_op_times_are_medians_after_the_warm_up_run():
+    from edgeformer.targets.executorch import _timed_median
+
+    # warm-up 9.0 dropped; one outlier run (5.0) out of five does not move the median
+    assert _timed_median([9.0, 0.1, 0.1, 5.0, 0.1, 0.1], runs=5) == 0.1
+    assert _timed_median([0.2, 0.4, 0.3], runs=3) == 0.3  # no warm-up sample recorded
+    assert _timed_median([], runs=3) == 0.0
