@@ -66,7 +66,7 @@ class OpProfile:
 
     runtime: str
     runs: int
-    end_to_end_ms: float  # mean end-to-end time of the profiled runs
+    end_to_end_ms: float  # median end-to-end time of the profiled runs
     ops: list[OpTime]  # sorted by time, descending
     explained_ms: float
     unexplained_ms: float  # end-to-end minus the sum of op times: never hidden

@@ -56,10 +56,10 @@ __all__ = [
 ]
 
 # When the runtime profiler's runs take this many times the measured median or more, the per-op
-# table is a picture of the profiler, and the report says so.  1.5×: the profiled runs are a mean
-# of ~10 calls and the median is of ≥ 50, so on a shared machine the two differ by up to ~20-30%
-# from noise and skew alone (mean ≥ median); 1.5× is beyond that, while the profiler's own cost on
-# small models is 2-10× (ORT's per-node timers on a 0.1 ms model).
+# table is a picture of the profiler, and the report says so.  1.5×: the profiled runs are ~10
+# calls and the measured median is of ≥ 50, so on a shared machine the two differ by up to ~20-30%
+# from noise alone; 1.5× is beyond that, while the profiler's own cost on small models is 2-10×
+# (ORT's per-node timers on a 0.1 ms model).
 PROFILER_OVERHEAD_RATIO = 1.5
 
 

@@ -281,8 +281,8 @@ def profile_table(report, console, *, top: int = 15) -> None:
         )
         console.print(
             table(
-                f"top {min(top, len(ops.ops))} of {len(ops.ops)} ops, mean of {ops.runs} profiled runs "
-                f"(shares are of the profiled run: {ops.end_to_end_ms:.3f} ms end to end)",
+                f"top {min(top, len(ops.ops))} of {len(ops.ops)} ops, medians of {ops.runs} profiled runs after a "
+                f"warm-up (shares are of the median profiled run: {ops.end_to_end_ms:.3f} ms end to end)",
                 ["op", "type", "source module", "device", "ms", "share"],
                 rows,
                 justify_right=(4, 5),
