@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +115,12 @@ def plan(
     input_shapes: Sequence[tuple[int, ...]] | None = None,
     weights: str | Path | None = None,
     passes: str | None = None,
+    factory_args: Mapping[str, object] | None = None,
 ) -> Plan:
-    """Export MODEL and decide its pipeline for ``profile`` (``passes``: CLI edits like ``+a,-b``)."""
+    """Export MODEL and decide its pipeline for ``profile`` (``passes``: CLI edits like ``+a,-b``;
+    ``factory_args``: keyword arguments for a ``package.module:factory``)."""
     prof, target = resolve_target(profile)
-    source = load_model(model, input_shapes=input_shapes, weights=weights)
+    source = load_model(model, input_shapes=input_shapes, weights=weights, factory_args=factory_args)
     pipeline = target.default_pipeline(prof).edited(prof.pipeline.add, prof.pipeline.drop, passes)
     return Plan(source, prof, target, pipeline, _cache_key(source, pipeline, target, prof))
 
@@ -355,6 +357,7 @@ def compile(  # noqa: A001 - the public verb
     use_cache: bool = True,
     on_stage: Callable[[str, str], None] | None = None,
     keep_failed: str | Path | None = None,
+    factory_args: Mapping[str, object] | None = None,
 ) -> CompileReport:
     """Compile MODEL for a device profile into ``out_dir``; see the module docstring.
 
@@ -378,7 +381,7 @@ def compile(  # noqa: A001 - the public verb
 
     stage("export", "exporting to the IR")
     t0 = time.perf_counter()
-    p = plan(model, prof, input_shapes=input_shapes, weights=weights, passes=passes)
+    p = plan(model, prof, input_shapes=input_shapes, weights=weights, passes=passes, factory_args=factory_args)
     stage_times["export"] = time.perf_counter() - t0
 
     key = p.cache_key

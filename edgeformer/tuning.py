@@ -10,7 +10,7 @@ rebuilding the pipeline, and leaves the search itself to the target (``TvmTarget
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +52,7 @@ def workload(
     input_shapes: Sequence[tuple[int, ...]] | None = None,
     weights: str | Path | None = None,
     passes: str | None = None,
+    factory_args: Mapping[str, object] | None = None,
 ) -> Workload:
     """MODEL exported and rewritten exactly as ``compile`` does for ``profile`` (a TVM profile)."""
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
@@ -63,7 +64,9 @@ def workload(
     reason = get_target("tvm").is_available()
     if reason:
         raise TargetUnavailableError(f"tuning needs TVM: {reason}")
-    plan = compiler.plan(model, prof, input_shapes=input_shapes, weights=weights, passes=passes)
+    plan = compiler.plan(
+        model, prof, input_shapes=input_shapes, weights=weights, passes=passes, factory_args=factory_args
+    )
     rewritten = compiler.rewrite(plan, check=False)
     return Workload(rewritten.graph, plan.profile, plan.target)
 
@@ -77,7 +80,8 @@ def tune_model(
     weights: str | Path | None = None,
     passes: str | None = None,
     work_dir: str | Path | None = None,
+    factory_args: Mapping[str, object] | None = None,
 ) -> TuneResult:
     """``edgeformer tune``: resolve MODEL, run the pipeline ``compile`` runs, tune the result."""
-    w = workload(model, profile, input_shapes=input_shapes, weights=weights, passes=passes)
+    w = workload(model, profile, input_shapes=input_shapes, weights=weights, passes=passes, factory_args=factory_args)
     return w.tune(trials=trials, work_dir=work_dir)

@@ -169,6 +169,29 @@ def test_integer_input_shape_and_factory_args(capfd, models):
     assert "--factory-arg 'width'" in line and "NAME=VALUE" in line, line
 
 
+def test_compile_rewrite_and_tune_pass_factory_args_to_the_factory(capfd, models):
+    args = ["cli_models:make", "--input-shape", "1x4", "--factory-arg", "width=16", "--factory-arg", "depth=2"]
+    args += ["--factory-arg", "act=gelu"]
+    code, out, err = cli(capfd, "compile", *args, "-o", "art", "--json")
+    assert code == 0, err
+    assert json.loads(out)["manifest"]["outputs"][0]["shape"] == [1, 16]  # depth 2 of width 16
+    code, out, err = cli(capfd, "rewrite", *args, "-o", "r.pt2", "--json")
+    assert code == 0, err
+    from edgeformer import tuning
+
+    w = tuning.workload(
+        "cli_models:make", "host-tvm", input_shapes=[(1, 4)], factory_args={"width": 16, "depth": 2, "act": "gelu"}
+    )
+    assert w.graph.summary().to_dict()["parameters"] == (4 * 16 + 16) + (16 * 16 + 16)
+    # the hint after an untuned TVM compile is a tune command that carries the same factory arguments
+    from edgeformer.manifest import read_manifest
+    from edgeformer.report.text import tune_command
+
+    m = read_manifest("art")
+    cmd = tune_command(m, profile="host-tvm", factory_args=["width=16", "depth=2"])
+    assert "--factory-arg width=16 --factory-arg depth=2" in cmd, cmd
+
+
 def test_dict_outputs_keep_their_names_and_dynamic_batch_is_named(capfd, models):
     code, out, _ = cli(capfd, "inspect", "cli_models:Heads", "--input-shape", "2x4", "--json")
     assert code == 0

@@ -49,23 +49,6 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
     return p
 
 
-def source_kwargs(fn, args) -> dict:
-    """``factory_args=`` for ``fn`` when ``--factory-arg`` was given (refused if ``fn`` takes none)."""
-    import inspect
-
-    from edgeformer.errors import UserError
-
-    extra = factory_args(args)
-    if not extra:
-        return {}
-    if "factory_args" not in inspect.signature(fn).parameters:
-        raise UserError(
-            f"--factory-arg is not supported by `edgeformer {args.command}` yet",
-            "export the model first (`edgeformer export MODEL --factory-arg ... -o m.pt2`) and use m.pt2",
-        )
-    return {"factory_args": extra}
-
-
 def profile_list(args) -> list[str]:
     """The profiles asked for: one --profile, comma-separated names; ambiguous forms refused."""
     from edgeformer.errors import UserError
@@ -97,7 +80,7 @@ def run(args) -> int:
         check=not args.no_check,
         explain=args.explain,
         use_cache=not args.no_cache,
-        **source_kwargs(compile, args),
+        factory_args=factory_args(args),
     )
     # Everything is resolved before the first compile starts: a typo in the third profile must
     # not cost the first two compiles.

@@ -46,19 +46,25 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
     return p
 
 
+def _settings(args) -> dict:
+    """The measurement settings, as ``profile_artifact`` and ``profile_artifacts`` take them."""
+    return dict(
+        min_runs=args.runs,
+        min_seconds=args.min_seconds,
+        warmup=args.warmup,
+        cooldown_s=args.cooldown,
+        ops=args.ops,
+        ops_runs=args.ops_runs,
+        threads=args.threads,
+    )
+
+
 def check_args(args) -> None:
     """Refuse every bad option before anything is loaded or measured."""
     from edgeformer.errors import UserError
     from edgeformer.latency import check_output, check_settings
 
-    check_settings(
-        min_runs=args.runs,
-        min_seconds=args.min_seconds,
-        warmup=args.warmup,
-        cooldown_s=args.cooldown,
-        ops_runs=args.ops_runs,
-        threads=args.threads,
-    )
+    check_settings(**{k: v for k, v in _settings(args).items() if k != "ops"})
     if args.top < 0:
         raise UserError(f"--top must be 0 or more, got {args.top}", "pass --top 15, say")
     if args.key and not args.remote:
@@ -77,15 +83,7 @@ def run(args) -> int:
     check_args(args)
     from edgeformer.profiling import profile_artifact, profile_artifacts
 
-    settings = dict(
-        min_runs=args.runs,
-        min_seconds=args.min_seconds,
-        warmup=args.warmup,
-        cooldown_s=args.cooldown,
-        ops=args.ops,
-        ops_runs=args.ops_runs,
-        threads=args.threads,
-    )
+    settings = _settings(args)
     if len(args.artifact) == 1:
         reports = [profile_artifact(args.artifact[0], remote=args.remote, key=args.key, output=args.output, **settings)]
     else:

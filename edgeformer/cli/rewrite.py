@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeformer.cli._common import console, emit_json, fmt_count, input_shapes
+from edgeformer.cli._common import console, emit_json, factory_args, fmt_count, input_shapes
 
 NAME = "rewrite"
 
@@ -24,7 +24,14 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
 def run(args) -> int:
     from edgeformer.compiler import plan, rewrite
 
-    p = plan(args.model, args.profile, input_shapes=input_shapes(args), weights=args.weights, passes=args.passes)
+    p = plan(
+        args.model,
+        args.profile,
+        input_shapes=input_shapes(args),
+        weights=args.weights,
+        passes=args.passes,
+        factory_args=factory_args(args),
+    )
     done = rewrite(p, check=not args.no_check, explain=args.explain)
     path = done.graph.save(args.output)
     before, after = p.graph.summary(), done.graph.summary()

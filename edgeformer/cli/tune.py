@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeformer.cli._common import console, emit_json, input_shapes
+from edgeformer.cli._common import console, emit_json, factory_args, input_shapes
 
 NAME = "tune"
 
@@ -29,6 +29,7 @@ def run(args) -> int:
         weights=args.weights,
         passes=args.passes,
         work_dir=args.work_dir,
+        factory_args=factory_args(args),
     )
     if args.json:
         emit_json(result.to_dict())
