@@ -49,6 +49,21 @@ class TargetOptions:
     tuning_trials: int = _opt(0, "MetaSchedule trials used by `edgeformer tune` (0 = the default)", minimum=0)
     partitioner: str = _opt("xnnpack", "ExecuTorch delegate", ("xnnpack", "none"))
     aot_only: bool = _opt(False, "compile ahead of time only; running needs the device itself")
+    compression: str = _opt(
+        "none",
+        "Core ML weight compression: w8 (int8 weights), palettize4/palettize6 (4/6-bit lookup tables), "
+        "w8a8 (int8 weights and activations, for A17 Pro/M4-class Neural Engines)",
+        ("none", "w8", "palettize4", "palettize6", "w8a8"),
+    )
+    quantization_mode: str = _opt(
+        "auto",
+        "int8 activations: static (calibrated ranges), dynamic (ranges computed per call, linear/matmul "
+        "only), auto (the target picks by measurement: dynamic for linear-heavy sequence models)",
+        ("auto", "static", "dynamic"),
+    )
+    calibration_method: str = _opt(
+        "minmax", "how int8 ranges are taken from the calibration set", ("minmax", "percentile", "entropy")
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,6 +83,26 @@ class Numerics:
         minimum=0.0,
     )
     min_cosine: float = _opt(0.999, "minimum cosine similarity against PyTorch", minimum=-1.0, maximum=1.0)
+
+
+@dataclass
+class Approximation:
+    """The approximation contract's gates (docs/measurement.md): what an approximate artifact (a lower
+    precision, an approximating pass) must show against the exact fp32 one before it ships."""
+
+    max_accuracy_drop: float = _opt(
+        1.0, "top-1 points the approximation may lose against the exact model on --eval data", minimum=0.0
+    )
+    max_error: float = _opt(
+        0.01, "without labels: the largest 1 − cosine allowed between approximate and exact outputs", minimum=0.0
+    )
+    min_speedup: float = _opt(
+        1.1, "exact median / approximate median needed to ship the approximation (host profiles)", minimum=0.0
+    )
+    calibration_size: int = _opt(128, "calibration samples used (taken in a seeded order)", minimum=1)
+    max_float_layers: int = _opt(
+        8, "layers the accuracy restore may return to float, one at a time, before it gives up", minimum=0
+    )
 
 
 @dataclass
@@ -97,6 +132,7 @@ class DeviceProfile:
     numerics: Numerics = field(default_factory=Numerics)
     remote: Remote | None = None
     budget: Budget = field(default_factory=Budget)
+    approximation: Approximation = field(default_factory=Approximation)
     pipeline: PipelineEdits = field(default_factory=PipelineEdits)
     path: str = ""  # where it was loaded from
 
@@ -114,6 +150,7 @@ _SECTIONS = {
     "numerics": Numerics,
     "remote": Remote,
     "budget": Budget,
+    "approximation": Approximation,
     "pipeline": PipelineEdits,
 }
 _TOP = {"name": str, "target": str, "description": str}

@@ -8,9 +8,20 @@ import importlib
 from edgeformer.errors import TargetUnavailableError, UnknownNameError
 from edgeformer.target_names import TARGETS, target_names
 
-from .base import CompileResult, OpProfile, OpTime, Runner, Target
+from .base import Calibration, CompileResult, OpProfile, OpTime, Runner, Target, quantizable_layers
 
-__all__ = ["TARGETS", "CompileResult", "OpProfile", "OpTime", "Runner", "Target", "get_target", "target_names"]
+__all__ = [
+    "TARGETS",
+    "Calibration",
+    "CompileResult",
+    "quantizable_layers",
+    "OpProfile",
+    "OpTime",
+    "Runner",
+    "Target",
+    "get_target",
+    "target_names",
+]
 
 
 def get_target(name: str) -> Target:

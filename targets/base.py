@@ -50,6 +50,51 @@ class CompileResult:
 
 
 @dataclass
+class Calibration:
+    """The typed context a quantizing compile gets (the approximation contract, ``edgeformer/accuracy.py``).
+
+    ``samples`` are the calibration inputs, each one list of arrays in the model's input order and
+    shapes (the exported batch size), already converted to the model's input form.  ``keep_float``
+    names layers of the rewritten IR (``torch.fx`` node names of its conv/linear/matmul nodes, as
+    :func:`quantizable_layers` lists them) that the quantizer must leave in float: the accuracy
+    restore fills it one layer at a time.  ``cache_dir`` is a folder the target may keep derived
+    data in (calibrated ranges) keyed by content; None means no caching.
+    """
+
+    samples: list[list[np.ndarray]]
+    source: str  # the data set's name, e.g. "digits (train split)" or a file path
+    sha256: str  # of the calibration arrays as used
+    method: str = "minmax"  # minmax | percentile | entropy (profile options.calibration_method)
+    mode: str = "auto"  # static | dynamic | auto (profile options.quantization_mode)
+    keep_float: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "samples": len(self.samples),
+            "method": self.method,
+            "mode": self.mode,
+            "keep_float": list(self.keep_float),
+        }
+
+
+# The IR ops a quantizer turns into integer compute: the "layers" that sensitivity ranks and the
+# accuracy restore can keep in float (by their torch.fx node name in the rewritten graph).
+QUANTIZABLE_OPS = frozenset({"conv1d", "conv2d", "convolution", "linear", "matmul", "mm", "bmm", "addmm", "baddbmm"})
+
+
+def quantizable_layers(graph: Graph) -> list[str]:
+    """Node names of the rewritten IR's conv/linear/matmul calls, in graph order."""
+    names = []
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in QUANTIZABLE_OPS:
+            names.append(node.name)
+    return names
+
+
+@dataclass
 class OpTime:
     name: str  # node name in the runtime's graph
     type: str  # op type as the runtime names it
@@ -161,6 +206,11 @@ class Target(ABC):
     pipeline: ClassVar[Pipeline] = Pipeline(PIPELINES["exact"])
     # Compute precisions ``compile`` produces (the profile's ``options.precision``).
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # The precisions among them that need calibration data (``compile(..., calibration=...)``).
+    calibrated_precisions: ClassVar[tuple[str, ...]] = ()
+    # precision -> one line saying why this target refuses it (e.g. TVM and int8), shown instead of
+    # the generic "does not produce" message.
+    refusals: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ availability / versions
     @classmethod
@@ -200,9 +250,17 @@ class Target(ABC):
         """Everything besides the IR and versions that changes the compiled files."""
         return profile.options.to_dict()
 
+    def needs_calibration(self, profile: DeviceProfile) -> bool:
+        """True when compiling ``profile`` needs calibration data (an int8 artifact, W8A8 Core ML)."""
+        return profile.options.precision in self.calibrated_precisions
+
     @abstractmethod
-    def compile(self, graph: Graph, profile: DeviceProfile, out_dir: Path) -> CompileResult:
-        """Write runtime files into ``out_dir`` (a fresh temp folder) from the rewritten IR."""
+    def compile(
+        self, graph: Graph, profile: DeviceProfile, out_dir: Path, calibration: Calibration | None = None
+    ) -> CompileResult:
+        """Write runtime files into ``out_dir`` (a fresh temp folder) from the rewritten IR.
+
+        ``calibration`` is given exactly when :meth:`needs_calibration` is true for the profile."""
 
     # ------------------------------------------------------------------------------ execution
     @abstractmethod

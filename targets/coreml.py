@@ -253,7 +253,7 @@ class CoreMLTarget(Target):
             return f"profile {profile.name} compiles ahead of time only: run model.mlpackage in the app on the device"
         return None
 
-    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         with quiet_sdk(*_SDK_LOGGERS):
             return self._compile(graph, profile, out_dir)
 

@@ -550,7 +550,7 @@ class ExecuTorchTarget(Target):
             )
         return None
 
-    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         with _quiet_python():
             return self._compile(graph, profile, out_dir)
 

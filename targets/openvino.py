@@ -254,7 +254,7 @@ class OpenVinoTarget(Target):
             core.get_property(device, "FULL_DEVICE_NAME"),
         )
 
-    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         import openvino as ov
 
         opts = profile.options

@@ -113,7 +113,7 @@ class OnnxRuntimeTarget(Target):
 
     precisions = ("fp32", "fp16")
 
-    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         opts = profile.options
         if opts.precision not in self.precisions:
             raise UserError(

@@ -85,7 +85,7 @@ class TvmTarget(Target):
         opts["tuning_database"] = db.database_digest(profile)
         return opts
 
-    def compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         from tvm import relax
 
         target, mod, key = db.prepare(graph, profile)
