@@ -18,6 +18,7 @@ free, and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -35,13 +36,22 @@ import numpy as np
 from torch import nn
 
 import edgeformer
-from edgeformer import ir
+from edgeformer import accuracy, ir
 from edgeformer.artifact import Artifact
-from edgeformer.device_profiles import DeviceProfile, load_profile
+from edgeformer.data import Dataset, load_data
+from edgeformer.device_profiles import (
+    DeviceProfile,
+    exact_variant,
+    is_approximate,
+    load_profile,
+    profile_names,
+    with_precision,
+)
 from edgeformer.errors import NumericsError, TargetUnavailableError, UserError
 from edgeformer.fsutil import cache_root, make_temp_dir, replace_dir
 from edgeformer.manifest import (
     MANIFEST,
+    ApproximationReport,
     Manifest,
     NumericsReport,
     PassRecord,
@@ -52,7 +62,7 @@ from edgeformer.manifest import (
 from edgeformer.numerics import EMULATED_PRECISIONS, compare, emulate
 from edgeformer.passes import Pipeline
 from edgeformer.sources import ModelSource, load_model
-from edgeformer.targets import CompileResult, Target, get_target
+from edgeformer.targets import Calibration, CompileResult, Target, get_target
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,11 @@ def resolve_target(profile: str | Path | DeviceProfile | None) -> tuple[DevicePr
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     target = get_target(prof.target)
     precision, produced = prof.options.precision, ", ".join(target.precisions)
+    if precision in target.refusals:
+        raise UserError(
+            f"profile {prof.name} asks for {precision} on {target.name}: {target.refusals[precision]}",
+            _which_do(precision),
+        )
     if precision not in target.precisions:
         raise UserError(
             f"profile {prof.name} asks for precision {precision}, which the {target.name} target does not "
@@ -106,6 +121,12 @@ def resolve_target(profile: str | Path | DeviceProfile | None) -> tuple[DevicePr
     if reason:
         raise TargetUnavailableError(f"profile {prof.name} needs target {target.name}, which is unavailable: {reason}")
     return prof, target
+
+
+def _which_do(precision: str) -> str:
+    """The fix for a refused precision: the shipped profiles whose target produces it."""
+    names = [n for n in profile_names() if load_profile(n).options.precision == precision]
+    return f"use a profile whose target does {precision}: {', '.join(names)}" if names else "use precision fp32"
 
 
 def plan(
@@ -195,10 +216,16 @@ class Built:
     manifest: Manifest  # numerics "skipped" and compile time 0 until verify and write
 
 
-def build(plan: Plan, rewritten: Rewritten, folder: Path) -> Built:
-    """The target's runtime files for the rewritten IR in ``folder``, and their manifest."""
+def build(plan: Plan, rewritten: Rewritten, folder: Path, calibration: Calibration | None = None) -> Built:
+    """The target's runtime files for the rewritten IR in ``folder``, and their manifest
+    (``calibration``: the data a quantizing target needs, ``Target.needs_calibration``)."""
     graph, target, prof = plan.graph, plan.target, plan.profile
-    result = target.compile(rewritten.graph, prof, folder)
+    if target.needs_calibration(prof) and calibration is None:
+        raise UserError(
+            f"profile {prof.name} quantizes activations ({prof.options.precision}), which needs calibration data",
+            "add --calib digits|sample-images|FILE.npz|FOLDER (calib= in the Python API)",
+        )
+    result = target.compile(rewritten.graph, prof, folder, calibration=calibration)
     manifest = Manifest(
         model=plan.source.info,
         ir_hash=graph.hash(),
@@ -288,6 +315,296 @@ def write(built: Built, out_dir: Path, *, flag: str = "-o") -> Path:
     return out_dir
 
 
+# ------------------------------------------------------------------------- approximation contract
+
+
+@dataclass
+class ApproxSettings:
+    """The approximation contract's inputs for one compile (CLI flags over the profile's
+    [approximation] section)."""
+
+    calib: Dataset | None
+    eval: Dataset | None
+    max_accuracy_drop: float
+    max_error: float
+    min_speedup: float
+    max_float_layers: int
+    force: bool = False
+
+    @property
+    def measure_on(self) -> Dataset:
+        """The data the approximation is judged on: --eval, else the calibration set."""
+        return self.eval if self.eval is not None else self.calib
+
+    def key(self) -> dict:
+        return {
+            "calib": self.calib.sha256 if self.calib else None,
+            "eval": self.eval.sha256 if self.eval else None,
+            "gates": [self.max_accuracy_drop, self.max_error, self.min_speedup, self.max_float_layers, self.force],
+        }
+
+
+def approx_settings(
+    p: Plan,
+    *,
+    calib: str | Path | None,
+    eval: str | Path | None,  # noqa: A002 - the public keyword
+    preprocess: str | None = None,
+    force: bool = False,
+    max_accuracy_drop: float | None = None,
+    max_error: float | None = None,
+    min_speedup: float | None = None,
+    calib_size: int | None = None,
+    seed: int = 0,
+) -> ApproxSettings:
+    """Load --calib/--eval for the plan's model inputs and settle the gates."""
+    graph, a = p.graph, p.profile.approximation
+    inputs = [
+        TensorSpec(n, s, str(t.dtype).replace("torch.", ""))
+        for n, s, t in zip(graph.input_names, graph.input_shapes(), graph.example_inputs)
+    ]
+    out = graph.output_shapes()[0] if graph.output_names else []
+    num_classes = out[-1] if len(out) == 2 and out[-1] > 1 else None
+    size = calib_size or a.calibration_size
+    calib_ds = (
+        load_data(calib, role="calib", inputs=inputs, preprocess=preprocess, limit=size, seed=seed)
+        if calib is not None
+        else None
+    )
+    if calib_ds is not None and len(calib_ds) > size:
+        calib_ds = calib_ds.subset(size, seed=seed)
+    eval_ds = (
+        load_data(eval, role="eval", inputs=inputs, num_classes=num_classes, preprocess=preprocess, seed=seed)
+        if eval is not None
+        else None
+    )
+    return ApproxSettings(
+        calib_ds,
+        eval_ds,
+        a.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop,
+        a.max_error if max_error is None else max_error,
+        a.min_speedup if min_speedup is None else min_speedup,
+        a.max_float_layers,
+        force,
+    )
+
+
+def _batch(graph: ir.Graph) -> int:
+    shape = graph.input_shapes()[0] if graph.input_names else [1]
+    return shape[0] if shape and shape[0] > 0 else 1
+
+
+def _run_artifact(target: Target, built: Built, prof: DeviceProfile, data: Dataset, batch: int) -> list[np.ndarray]:
+    runner = target.load(Artifact(built.folder, built.manifest, prof))
+    try:
+        return accuracy.run_dataset(lambda xs: [np.asarray(o) for o in runner.run(xs)], data, batch)
+    finally:
+        runner.close()
+
+
+def approximate(
+    p: Plan,
+    rewritten: Rewritten,
+    settings: ApproxSettings,
+    folder: Path,
+    exact_folder: Path,
+    stage: Callable[[str, str], None] = lambda _n, _m: None,
+) -> Built:
+    """Build the approximate artifact and its exact fp32 twin, judge the approximation on the
+    data, restore the most sensitive layers to float until the accuracy gate passes, apply the
+    speed gate, and return the artifact that ships (``manifest.approximation`` says which, and why).
+
+    Raises :class:`UserError` when no restore passes the accuracy gate (nothing is written).
+    """
+    target, prof, graph = p.target, p.profile, p.graph
+    kind = (
+        f"compression {prof.options.compression}"
+        if prof.options.compression != "none"
+        else f"precision {prof.options.precision}"
+    )
+    batch = _batch(graph)
+    data = settings.measure_on
+    weights = p.source.info.weights_origin
+
+    # The exact twin: same model and pipeline edits, fp32.  It is the speed baseline and what ships
+    # when the approximation does not pay.
+    exact_prof = exact_variant(prof)
+    exact_default = target.default_pipeline(exact_prof)
+    exact_pipeline = (
+        p.pipeline  # with the caller's --passes edits
+        if exact_default == target.default_pipeline(prof)
+        else exact_default.edited(prof.pipeline.add, prof.pipeline.drop, None)
+    )
+    exact_plan = Plan(p.source, exact_prof, target, exact_pipeline, p.cache_key)
+    exact_rw = rewritten if exact_pipeline == p.pipeline else rewrite(exact_plan)
+    stage("compile", f"{target.name} exact fp32 twin (the reference artifact)")
+    exact = build(exact_plan, exact_rw, exact_folder)
+    exact.manifest.numerics = verify(exact_plan, exact_rw, exact)
+    if exact.manifest.numerics.status == "failed":
+        raise NumericsError(
+            f"{target.name} exact fp32 outputs disagree with PyTorch: {exact.manifest.numerics.reason}",
+            _numerics_fix("fp32", exact.manifest.numerics),
+        )
+
+    stage("verify", f"exact fp32 reference on {len(data)} samples of {data.name}")
+    reference = accuracy.reference_outputs(graph, data, batch)
+    calib = None
+    if settings.calib is not None:
+        calib = Calibration(
+            samples=[arrays for arrays, _ in settings.calib.batches(batch)],
+            source=settings.calib.name,
+            sha256=settings.calib.sha256,
+            method=prof.options.calibration_method,
+            mode=prof.options.quantization_mode,
+            cache_dir=cache_root() / "calibration",
+        )
+    needs = target.needs_calibration(prof)
+    here = target.can_verify_here(prof)
+    sources = {n.name: ir.source_path(n) for n in rewritten.graph.program.graph.nodes}
+    ranking: list[tuple[str, float]] = []
+    kept: list[str] = []
+    restore: list[dict] = []
+    while True:
+        if calib is not None:
+            calib.keep_float = tuple(kept)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        stage("compile", f"{target.name} {kind}" + (f", {len(kept)} layers kept in float" if kept else ""))
+        built = build(p, rewritten, folder, calib if needs else None)
+        emulated = here and prof.options.precision in EMULATED_PRECISIONS and prof.options.compression == "none"
+        if here and not emulated:
+            block = accuracy.AccuracyBlock(
+                data=data.to_dict(), samples=len(data), weights=weights, measured=f"not measured: {here}"
+            )
+            gate = accuracy.Gate("accuracy", "not measured here", None, settings.max_accuracy_drop, True, here)
+            numerics = NumericsReport("skipped", reason=f"approximate artifact not runnable here: {here}")
+            break
+        stage("verify", f"{kind} on {len(data)} samples of {data.name}" + (" (emulated)" if emulated else ""))
+        if emulated:  # the artifact's runtime is not here: the rewritten IR rounded to fp16 after every op
+            approx_out = accuracy.emulated_outputs(rewritten.graph, data, batch, prof.options.precision)
+        else:
+            approx_out = _run_artifact(target, built, prof, data, batch)
+        block = accuracy.accuracy_block(
+            data, reference, approx_out, weights=weights, measured="emulated" if emulated else "runtime"
+        )
+        if emulated:
+            block.notes.append(f"emulated in PyTorch on this CPU (the artifact itself cannot run here: {here})")
+        elif target.can_run_here(prof):
+            block.notes.append(f"measured with this machine's {target.name} runtime, not on the device")
+        gate = accuracy.accuracy_gate(block, max_accuracy_drop=settings.max_accuracy_drop, max_error=settings.max_error)
+        numerics = _approx_numerics(prof, reference, approx_out, data)
+        if gate.passed and numerics.status == "failed":  # the profile's [numerics] bound the outputs too
+            gate = accuracy.Gate(
+                "numerics",
+                "outputs within the profile's [numerics]",
+                numerics.cosine,
+                prof.numerics.min_cosine,
+                False,
+                numerics.reason,
+            )
+        restore.append({"kept_float": len(kept), "gate_value": gate.value, "passed": gate.passed})
+        if gate.passed or not needs or len(kept) >= settings.max_float_layers:
+            break
+        if not ranking:
+            stage("verify", "ranking layers by int8 sensitivity on the calibration set")
+            ranking = accuracy.sensitivity(rewritten.graph, calib.samples)
+        remaining = [name for name, _ in ranking if name not in kept]
+        if not remaining:
+            break
+        kept.append(remaining[0])
+
+    scores = dict(ranking)
+    top = [{"layer": n, "source": sources.get(n, ""), "score": round(sc, 6)} for n, sc in ranking[:8]]
+    if not gate.passed:
+        if not ranking and calib is not None:
+            ranking = accuracy.sensitivity(rewritten.graph, calib.samples)
+        worst = ", ".join(f"{n} ({sources.get(n) or '?'})" for n, _ in ranking[:3])
+        restored = f" after keeping {len(kept)} layers in float" if kept else ""
+        value = "not finite" if gate.value is None else f"{gate.value:.4g} > {gate.limit:g}"
+        raise UserError(
+            f"{kind} fails the accuracy gate{restored}: {gate.metric} {value} ({gate.detail})"
+            + (f"; most sensitive layers: {worst}" if worst else "; it has no per-layer fallback"),
+            "raise --max-accuracy-drop/--max-error if that loss is acceptable, calibrate on more data like the "
+            "deployment's (--calib), or compile fp32 (--precision fp32)",
+        )
+
+    speed = accuracy.SpeedGate(measured=False, min_speedup=settings.min_speedup, forced=settings.force)
+    reason_here = target.can_run_here(prof) or target.can_run_here(exact_prof)
+    if reason_here or here:
+        speed.note = f"speed not measured here: {reason_here or here}"
+    else:
+        stage("verify", f"speed gate: {kind} against exact fp32, alternating blocks")
+        first = next(iter(data.batches(batch)))[0]
+        r_exact = target.load(Artifact(exact.folder, exact.manifest, exact_prof))
+        r_approx = target.load(Artifact(built.folder, built.manifest, prof))
+        try:
+            speed = accuracy.speed_gate(r_exact, r_approx, first, min_speedup=settings.min_speedup)
+        finally:
+            r_exact.close()
+            r_approx.close()
+        speed.forced = settings.force
+
+    calib_dict = calib.to_dict() if calib is not None and needs else None
+    report = ApproximationReport(
+        kind=kind,
+        requested_profile=prof.name,
+        shipped="approximate",
+        reason="",
+        accuracy=block.to_dict(),
+        gates=[gate.to_dict()],
+        speed=speed.to_dict(),
+        calibration=calib_dict,
+        kept_float=[{"layer": n, "source": sources.get(n, ""), "sensitivity": scores.get(n)} for n in kept],
+        restore=restore,
+        sensitivity=top,
+        forced=settings.force and not speed.passed,
+        exact_numerics=dataclasses.asdict(exact.manifest.numerics),
+    )
+    if speed.measured and not speed.passed and not settings.force:
+        report.shipped = "exact"
+        report.reason = (
+            f"{kind} ran {speed.approx_median_ms:.3f} ms against exact fp32's {speed.exact_median_ms:.3f} ms "
+            f"(speed-up {speed.speedup:.2f}x < {settings.min_speedup:g}x): the exact artifact ships "
+            "(--force-approx ships the approximation anyway)"
+        )
+        exact.manifest.approximation = report
+        return exact
+    if speed.measured:
+        report.reason = f"{kind} passed the accuracy gate and ran {speed.speedup:.2f}x the exact artifact's speed" + (
+            " (below min_speedup; shipped by --force-approx)" if report.forced else ""
+        )
+    else:
+        report.reason = f"{kind} passed the accuracy gate; {speed.note}"
+    built.manifest.numerics = numerics
+    built.manifest.approximation = report
+    return built
+
+
+def _approx_numerics(
+    prof: DeviceProfile, reference: list[np.ndarray], approx: list[np.ndarray], data: Dataset
+) -> NumericsReport:
+    """The numerics check of an approximate artifact, on the contract's data (random example
+    inputs say nothing about an int8 model calibrated on real data) against the profile's
+    [numerics], which for a low precision are a sanity bound beside the accuracy gate.
+
+    Quantized weights or activations (int8, compression) move single logits by several int8 steps
+    while top-1 and the cosine hold (max |Δ| 0.15 at cosine 0.9998 on poolformer_tiny), so for them
+    only the cosine and finiteness are checked (the per-element tolerances are not applied and are
+    recorded as null); fp16/bf16 keep the per-element bounds."""
+    n = prof.numerics
+    report = compare(reference, approx, atol=n.atol, rtol=n.rtol, scale_rtol=n.scale_rtol, min_cosine=n.min_cosine)
+    where = f"on {len(data)} samples of {data.name}, against the exact fp32 model (manifest approximation)"
+    if prof.options.precision == "int8" or prof.options.compression != "none":
+        cosines = [o.get("cosine") for o in report.per_output]
+        ok = not report.has_nan and all(c is not None and c >= n.min_cosine for c in cosines)
+        report.status = "passed" if ok else "failed"
+        report.atol = report.rtol = report.scale_rtol = None
+        report.reason = "" if ok else f"cosine {min(c or -1.0 for c in cosines):.6f} < {n.min_cosine} or not finite"
+        where += "; quantized: cosine and finiteness checked, not per-element bounds"
+    report.reason = f"{report.reason}; {where}" if report.reason else where
+    return report
+
+
 # --------------------------------------------------------------------------------------- compile
 
 
@@ -358,11 +675,27 @@ def compile(  # noqa: A001 - the public verb
     on_stage: Callable[[str, str], None] | None = None,
     keep_failed: str | Path | None = None,
     factory_args: Mapping[str, object] | None = None,
+    precision: str | None = None,
+    calib: str | Path | None = None,
+    eval: str | Path | None = None,  # noqa: A002 - the CLI's --eval
+    preprocess: str | None = None,
+    calib_size: int | None = None,
+    max_accuracy_drop: float | None = None,
+    max_error: float | None = None,
+    min_speedup: float | None = None,
+    force_approx: bool = False,
 ) -> CompileReport:
     """Compile MODEL for a device profile into ``out_dir``; see the module docstring.
 
     ``keep_failed``: a folder the build is moved to (runtime files and a manifest recording the
     failed numerics) when the numerics check fails, instead of being deleted; the error says where.
+
+    The approximation contract (``edgeformer/accuracy.py``) runs when the profile is approximate
+    (``precision`` other than fp32, or Core ML weight compression) and either needs calibration
+    (int8) or was given data: ``calib`` (inputs) and ``eval`` (inputs and labels) are data sources
+    (``edgeformer.data.load_data``: "digits", a .npz, an image folder, "sample-images");
+    ``max_accuracy_drop``, ``max_error``, ``min_speedup`` and ``calib_size`` override the
+    profile's [approximation]; ``force_approx`` ships an approximation that failed the speed gate.
     """
     t_start = time.perf_counter()
     stage_times: dict[str, float] = {}
@@ -372,7 +705,20 @@ def compile(  # noqa: A001 - the public verb
             on_stage(name, msg)
         log.info("%s %s", name, msg)
 
-    prof, _ = resolve_target(profile)
+    prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    prof, target = resolve_target(with_precision(prof, precision))
+    contract = is_approximate(prof) and (target.needs_calibration(prof) or calib is not None or eval is not None)
+    if target.needs_calibration(prof) and calib is None:
+        raise UserError(
+            f"profile {prof.name} quantizes to {prof.options.precision}, which needs calibration data",
+            "add --calib digits (the tiny digits models), --calib sample-images (224² image models without "
+            "data), or --calib FILE.npz|FOLDER",
+        )
+    if not is_approximate(prof) and (calib is not None or eval is not None):
+        raise UserError(
+            f"--calib/--eval were given, but profile {prof.name} is exact fp32: nothing is approximated",
+            "add --precision int8 (or bf16/fp16), or use a low-precision profile such as host-ort-int8",
+        )
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     keep = Path(keep_failed) if keep_failed is not None else None
@@ -384,6 +730,21 @@ def compile(  # noqa: A001 - the public verb
     p = plan(model, prof, input_shapes=input_shapes, weights=weights, passes=passes, factory_args=factory_args)
     stage_times["export"] = time.perf_counter() - t0
 
+    settings = None
+    if contract:
+        settings = approx_settings(
+            p,
+            calib=calib,
+            eval=eval,
+            preprocess=preprocess,
+            force=force_approx,
+            max_accuracy_drop=max_accuracy_drop,
+            max_error=max_error,
+            min_speedup=min_speedup,
+            calib_size=calib_size,
+        )
+        blob = json.dumps({"plan": p.cache_key, **settings.key()}, sort_keys=True)
+        p.cache_key = hashlib.sha256(blob.encode()).hexdigest()
     key = p.cache_key
     cache_dir = cache_root() / "compile" / key
     if use_cache and not dump_ir and not explain:
@@ -407,6 +768,19 @@ def compile(  # noqa: A001 - the public verb
     stage_times["passes"] = time.perf_counter() - t0
 
     tmp = make_temp_dir(f".{out_dir.name}.tmp-", out_dir.parent)
+    if settings is not None:
+        tmp_exact = make_temp_dir(f".{out_dir.name}.exact-", out_dir.parent)
+        try:
+            built = approximate(p, rewritten, settings, tmp, tmp_exact, stage)
+            stage("write", str(out_dir))
+            built.manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
+            write(built, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp_exact, ignore_errors=True)
+        if use_cache:
+            _store_in_cache(out_dir, cache_dir)
+        return CompileReport(out_dir, built.manifest, False, stage_times, "", time.perf_counter() - t_start)
     try:
         stage("compile", f"{p.target.name}")
         t0 = time.perf_counter()

@@ -258,6 +258,57 @@ def load_profile(name_or_path: str | Path | None = None) -> DeviceProfile:
     return profile
 
 
+# The [numerics] a precision gets when --precision changes a profile that has no shipped sibling
+# "<profile>-<precision>" (docs/measurement.md gives the sources).  int8's is a sanity bound: an
+# int8 artifact is judged by the approximation contract on the user's data, not by these.
+PRECISION_NUMERICS = {
+    "fp32": Numerics(atol=1e-4, rtol=1e-4, scale_rtol=1e-5, min_cosine=0.9999),
+    "fp16": Numerics(atol=2.5e-3, rtol=1e-3, scale_rtol=1e-3, min_cosine=0.995),
+    "bf16": Numerics(atol=1e-2, rtol=1.6e-2, scale_rtol=1e-2, min_cosine=0.99),
+    "int8": Numerics(atol=1.0, rtol=0.1, scale_rtol=0.1, min_cosine=0.99),
+}
+
+
+def with_precision(profile: DeviceProfile, precision: str | None) -> DeviceProfile:
+    """``profile`` computing in ``precision`` (``--precision``): the shipped sibling profile
+    ``<name>-<precision>`` when there is one (host-ort → host-ort-int8), else the same profile with
+    that precision and its [numerics] from :data:`PRECISION_NUMERICS`."""
+    if precision is None or precision == profile.options.precision:
+        return profile
+    if precision not in PRECISION_NUMERICS:
+        raise UserError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISION_NUMERICS)}")
+    sibling = f"{profile.name}-{precision}"
+    if precision == "fp32" and profile.name.endswith(f"-{profile.options.precision}"):
+        sibling = profile.name[: -len(profile.options.precision) - 1]
+    if sibling in _shipped() and not profile.path.endswith(".toml"):
+        found = load_profile(sibling)
+        if found.target == profile.target and found.options.precision == precision:
+            return found
+    options = dataclasses.replace(profile.options, precision=precision)
+    if precision == "fp32":
+        options = dataclasses.replace(options, compression="none")
+    numerics = dataclasses.replace(PRECISION_NUMERICS[precision])
+    return dataclasses.replace(
+        profile, name=f"{profile.name}+{precision}", options=options, numerics=numerics, path=profile.path
+    )
+
+
+def exact_variant(profile: DeviceProfile) -> DeviceProfile:
+    """The exact fp32 twin of an approximate profile: the approximation contract's reference artifact."""
+    options = dataclasses.replace(profile.options, precision="fp32", compression="none")
+    return dataclasses.replace(
+        profile,
+        name=f"{profile.name} (exact fp32)",
+        options=options,
+        numerics=dataclasses.replace(PRECISION_NUMERICS["fp32"]),
+    )
+
+
+def is_approximate(profile: DeviceProfile) -> bool:
+    """True when the profile's artifact is not exact fp32 (a lower precision or weight compression)."""
+    return profile.options.precision != "fp32" or profile.options.compression != "none"
+
+
 def json_schema() -> dict:
     """JSON Schema of the profile file format (published as edgeformer/schemas/device-profile.schema.json)."""
     pytype = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "array"}

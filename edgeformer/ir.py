@@ -37,7 +37,7 @@ import sys
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -468,13 +468,25 @@ def _load_failure(err: Exception, records: list[logging.LogRecord]) -> str:
 
 def run(graph: Graph, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Run the IR in PyTorch: the reference for every numerical check."""
-    expected = graph.example_inputs
-    if len(inputs) != len(expected):
-        raise UserError(f"{graph.name} takes {len(expected)} input(s), got {len(inputs)}")
-    with warnings_hidden(), torch.no_grad():
-        out = graph.program.module()(*inputs)
-    flat, _ = pytree.tree_flatten(out)
-    return [t for t in flat if isinstance(t, torch.Tensor)]
+    return runner(graph)(inputs)
+
+
+def runner(graph: Graph) -> Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]:
+    """``run`` for many calls: the program is unlifted into a module once (that takes far longer
+    than a tiny model's forward)."""
+    expected = len(graph.example_inputs)
+    with warnings_hidden():
+        module = graph.program.module()
+
+    def call(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(inputs) != expected:
+            raise UserError(f"{graph.name} takes {expected} input(s), got {len(inputs)}")
+        with warnings_hidden(), torch.no_grad():
+            out = module(*inputs)
+        flat, _ = pytree.tree_flatten(out)
+        return [t for t in flat if isinstance(t, torch.Tensor)]
+
+    return call
 
 
 # ------------------------------------------------------------------------------------------ hash

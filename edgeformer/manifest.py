@@ -124,6 +124,30 @@ class NumericsReport:
 
 
 @dataclass
+class ApproximationReport:
+    """What the approximation contract decided (``edgeformer/accuracy.py``): the requested
+    approximation, its accuracy block against the exact fp32 model on the same data, the accuracy
+    and speed gates, the layers the accuracy restore kept in float, and which artifact shipped."""
+
+    kind: str  # e.g. "precision int8", "precision fp16", "compression palettize4"
+    requested_profile: str
+    shipped: str  # "approximate" | "exact"
+    reason: str  # one sentence: why this artifact shipped
+    accuracy: dict  # accuracy.AccuracyBlock.to_dict() of the shipped approximation (or the rejected one)
+    gates: list[dict]  # accuracy.Gate.to_dict() per gate evaluated, in order
+    speed: dict  # accuracy.SpeedGate.to_dict()
+    calibration: dict | None = None  # targets.Calibration.to_dict()
+    kept_float: list[dict] = field(default_factory=list)  # {"layer", "source", "sensitivity"}, in restore order
+    restore: list[dict] = field(default_factory=list)  # per restore step: {"kept_float", "gate_value", "passed"}
+    sensitivity: list[dict] = field(default_factory=list)  # top layers {"layer", "source", "score"}, when ranked
+    forced: bool = False  # --force-approx shipped it past a failed speed gate
+    exact_numerics: dict | None = None  # NumericsReport of the exact artifact built beside it
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class Manifest:
     model: ModelInfo
     ir_hash: str  # sha256 of the exported program before passes
@@ -143,6 +167,9 @@ class Manifest:
     edgeformer_version: str = ""
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Set when anything approximate was requested (a lower precision, compression, an approximating
+    # pass) and the approximation contract ran; None for exact compiles.
+    approximation: ApproximationReport | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -152,6 +179,7 @@ class Manifest:
         for key in ("inputs", "outputs", "files"):
             d[key] = [dataclasses.asdict(x) for x in d[key]]
         d["numerics"] = dataclasses.asdict(self.numerics)
+        d["approximation"] = self.approximation.to_dict() if self.approximation else None
         return d
 
     def deterministic_dict(self) -> dict:
@@ -174,6 +202,8 @@ class Manifest:
         d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
         d["files"] = [FileEntry(**f) for f in d["files"]]
         d["numerics"] = NumericsReport(**d["numerics"])
+        approx = d.get("approximation")
+        d["approximation"] = ApproximationReport(**approx) if approx else None
         return cls(**d)
 
     def write(self, folder: Path) -> Path:

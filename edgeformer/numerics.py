@@ -190,9 +190,10 @@ class _Rounding(torch.fx.Interpreter):
             self.overflow = f"{where} is not finite in {self.precision}: a value inside it exceeds ±{self.max:g}"
 
 
-def run_in_precision(graph: Graph, inputs: Sequence[torch.Tensor], precision: str) -> PrecisionRun:
-    """Run ``graph`` on ``inputs`` with every floating tensor rounded to ``precision`` after every node."""
-    interp = _Rounding(graph.program.module(), precision)
+def run_in_precision(graph: Graph, inputs: Sequence[torch.Tensor], precision: str, module=None) -> PrecisionRun:
+    """Run ``graph`` on ``inputs`` with every floating tensor rounded to ``precision`` after every node
+    (``module``: ``graph.program.module()`` made once, for many calls)."""
+    interp = _Rounding(module if module is not None else graph.program.module(), precision)
     with torch.no_grad():
         out = interp.run(*[interp._round(t) for t in inputs])
     flat = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]

@@ -8,7 +8,8 @@ channel repeated 3×; LMUFormer models see each image as a sequence of 8 rows (t
 ``train(name, out_path)`` runs a recipe, writes the weights with safetensors atomically (temp file
 in the same folder, fsync, ``os.replace``) and a JSON sidecar (``<out>.json``) with the accuracy
 and configuration; :func:`load_trained` builds the zoo model and loads them back. The held-out
-split (:func:`digits_dataset`, :func:`evaluate`) is the evaluation set approximating passes use.
+split (:func:`digits_dataset`, :func:`evaluate`) is the evaluation set approximating passes use;
+the split itself lives in :mod:`edgeformer.data` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -28,6 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeformer.checkpoints import load_state_dict_file
+from edgeformer.data import (  # noqa: F401 - the digits split moved to edgeformer.data; importable from here
+    IMAGE_SIZE,
+    SPLIT_SEED,
+    TEST_FRACTION,
+    _split,
+    digits_dataset,
+    to_model_input,
+)
 from edgeformer.errors import UnknownNameError, UserError
 from edgeformer.fsutil import atomic_write_bytes, atomic_write_json
 from edgeformer.models import build_model, get_spec
@@ -35,10 +43,6 @@ from edgeformer.models.ecoformer import fit_hashes, set_attention_mode
 from edgeformer.models.lmuformer import LMUFormer, SpikingLMUFormer
 
 log = logging.getLogger(__name__)
-
-SPLIT_SEED = 0  # the train/test split never changes with the training seed
-TEST_FRACTION = 0.2
-IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -102,49 +106,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------- the data
-
-
-@lru_cache(maxsize=1)
-def _split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32) / 16.0  # (1797, 8, 8) in [0, 1]
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    idx_train, idx_test = train_test_split(
-        torch.arange(len(y)).numpy(), test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y.numpy()
-    )
-    return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
-
-
-def _kind(name_or_kind: str) -> str:
-    if name_or_kind in ("image", "sequence"):
-        return name_or_kind
-    if name_or_kind in RECIPES:
-        return RECIPES[name_or_kind].kind
-    if "lmuformer" in name_or_kind:
-        return "sequence"
-    raise UnknownNameError("digits model or input kind", name_or_kind, [*RECIPES, "image", "sequence"])
-
-
-def to_model_input(images: Tensor, kind: str) -> Tensor:
-    """8×8 digits in [0, 1] → model input: ``(B, 3, 32, 32)`` images or ``(B, 8, 8)`` sequences."""
-    x = (images - 0.5) / 0.5
-    if kind == "sequence":
-        return x.contiguous()  # rows are tokens, the 8 pixels of a row its channels
-    x = F.interpolate(x.unsqueeze(1), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-    return x.expand(-1, 3, -1, -1).contiguous()
-
-
-def digits_dataset(family: str, split: str = "test") -> tuple[Tensor, Tensor]:
-    """``(inputs, labels)`` of the fixed digits split for a model name (e.g. ``pvt_v2_tiny``) or an
-    input kind (``image`` / ``sequence``). ``split`` is ``train`` or ``test`` (held out)."""
-    if split not in ("train", "test"):
-        raise UserError(f"unknown digits split {split!r}", "use 'train' or 'test'")
-    x_tr, y_tr, x_te, y_te = _split()
-    x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    return to_model_input(x, _kind(family)), y.clone()
 
 
 def _model_kind(model: nn.Module) -> str:

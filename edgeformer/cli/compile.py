@@ -46,6 +46,36 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
         help="when the numerics check fails, keep the build there (files and manifest) to inspect it",
     )
     p.add_argument("--progress", action="store_true", help="show the progress display even when not on a terminal")
+    a = p.add_argument_group(
+        "approximations (docs/measurement.md: the approximation contract)",
+        "A lower precision is judged against the exact fp32 model on your data; it ships only when it keeps "
+        "accuracy (else the most sensitive layers return to float, one at a time) and is measurably faster.",
+    )
+    a.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        help="compute precision (the profile's sibling, e.g. host-ort -> host-ort-int8, when one is shipped)",
+    )
+    a.add_argument(
+        "--calib",
+        metavar="SRC",
+        help="calibration inputs: digits | sample-images | FILE.npz | image FOLDER (int8 needs it)",
+    )
+    a.add_argument("--eval", metavar="SRC", help="labelled evaluation data: digits | FILE.npz (x, y) | class FOLDER")
+    a.add_argument(
+        "--preprocess", metavar="resize=256,crop=224,mean=..,std=..", help="how image folders become model inputs"
+    )
+    a.add_argument("--calib-size", type=int, metavar="N", help="calibration samples (default: the profile's, 128)")
+    a.add_argument(
+        "--max-accuracy-drop", type=float, metavar="POINTS", help="top-1 points allowed to be lost (default 1.0)"
+    )
+    a.add_argument(
+        "--max-error", type=float, metavar="E", help="without labels: the largest 1 - cosine allowed (default 0.01)"
+    )
+    a.add_argument("--min-speedup", type=float, metavar="X", help="needed speed-up over exact fp32 (default 1.1)")
+    a.add_argument(
+        "--force-approx", action="store_true", help="ship the approximation even if it is not faster than fp32"
+    )
     return p
 
 
@@ -69,6 +99,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from edgeformer.compiler import compile, resolve_target
+    from edgeformer.device_profiles import load_profile, with_precision
     from edgeformer.errors import UserError
 
     refs = profile_list(args)
@@ -81,10 +112,19 @@ def run(args) -> int:
         explain=args.explain,
         use_cache=not args.no_cache,
         factory_args=factory_args(args),
+        precision=args.precision,
+        calib=args.calib,
+        eval=args.eval,
+        preprocess=args.preprocess,
+        calib_size=args.calib_size,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_error=args.max_error,
+        min_speedup=args.min_speedup,
+        force_approx=args.force_approx,
     )
     # Everything is resolved before the first compile starts: a typo in the third profile must
     # not cost the first two compiles.
-    resolved = [resolve_target(ref)[0] for ref in refs]
+    resolved = [resolve_target(with_precision(load_profile(ref), args.precision))[0] for ref in refs]
     jobs = []  # (profile ref, out dir, dump dir, keep dir, label)
     if len(refs) == 1:
         jobs.append((refs[0], out, args.dump_ir, args.keep_failed, ""))

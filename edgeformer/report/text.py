@@ -207,10 +207,13 @@ def compile_summary(
         console.print(f"numerics: [yellow]skipped[/yellow] ({n.reason})")
     else:
         colour = "green" if n.status == "passed" else "red"
+        bound = f"atol {n.atol:g}" if n.atol is not None else f"quantized: cosine ≥ {n.min_cosine:g} checked"
         console.print(
             f"numerics vs PyTorch: [{colour}]{n.status}[/{colour}]  max abs error {n.max_abs_error:.3e} "
-            f"(atol {n.atol:g})  cosine {n.cosine:.8f}"
+            f"({bound})  cosine {n.cosine:.8f}"
         )
+    if m.approximation is not None:
+        approximation_block(m.approximation, console)
     files = ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in m.files)
     console.print(f"files: {files}")
     versions = ", ".join(f"{k} {v}" for k, v in sorted(m.runtime_versions.items()))
@@ -218,6 +221,60 @@ def compile_summary(
         console.print(f"runtimes: {versions}")
     else:
         console.print(f"compile time {m.compile_time_s:.1f} s; runtimes: {versions}")
+
+
+def _top1(t: dict) -> str:
+    lo, hi = t["ci95"]
+    return f"{100 * t['rate']:.2f} % ({t['correct']}/{t['n']}, 95 % CI {100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def approximation_block(a, console) -> None:
+    """The approximation contract's accuracy block, gates and decision (manifest ``approximation``)."""
+    acc = a.accuracy
+    data = acc["data"]
+    label = "" if data.get("labelled") else " (no labels)"
+    console.print(f"[bold]approximation[/bold]: {a.kind}, judged on {acc['samples']} samples of {data['name']}{label}")
+    if str(acc["measured"]).startswith("not measured"):
+        console.print(f"  accuracy: {acc['measured']}", markup=False)
+    else:
+        if acc.get("reference_top1"):
+            ref, app, mc = acc["reference_top1"], acc["approx_top1"], acc["mcnemar"]
+            console.print(f"  top-1 exact fp32  {_top1(ref)}", markup=False)
+            console.print(
+                f"  top-1 {a.kind.split()[-1]:<10} {_top1(app)}; drop {acc['accuracy_drop_points']:+.2f} points, "
+                f"McNemar p = {mc['p']:.3g} ({mc['b']} lost, {mc['c']} gained)",
+                markup=False,
+            )
+        if acc.get("agreement"):
+            ag = acc["agreement"]
+            console.print(f"  top-1 agreement with exact fp32: {ag['count']}/{ag['n']} ({100 * ag['rate']:.2f} %)")
+        cos = "-" if acc.get("cosine") is None else f"{acc['cosine']:.6f}"
+        console.print(
+            f"  outputs vs exact fp32: cosine {cos}, max |Δ| {acc['max_abs_error']:.4g}, "
+            f"mean |Δ| {acc['mean_abs_error']:.4g}",
+            markup=False,
+        )
+    for note in acc.get("notes", []):
+        console.print(f"  note: {note}", markup=False)
+    for g in a.gates:
+        verdict = "passed" if g["passed"] else "failed"
+        value = "-" if g.get("value") is None else f"{g['value']:.4g}"
+        console.print(f"  {g['name']} gate: {verdict} ({g['metric']} {value}, limit {g['limit']:g})", markup=False)
+    if a.kept_float:
+        names = ", ".join(f"{k['layer']} ({k['source'] or '?'})" for k in a.kept_float)
+        console.print(f"  kept in float (most sensitive first): {names}", markup=False)
+    sp = a.speed
+    if sp.get("measured"):
+        console.print(
+            f"  speed gate: {'passed' if sp['passed'] else 'failed'}: exact fp32 {sp['exact_median_ms']:.3f} ms, "
+            f"{a.kind.split()[-1]} {sp['approx_median_ms']:.3f} ms (median), speed-up {sp['speedup']:.2f}x, "
+            f"needed {sp['min_speedup']:g}x",
+            markup=False,
+        )
+    else:
+        console.print(f"  speed gate: {sp.get('note') or 'not measured'}", markup=False)
+    colour = "green" if a.shipped == "approximate" else "yellow"
+    console.print(f"  [{colour}]shipped: {a.shipped}[/{colour}]: {a.reason}")
 
 
 def profile_table(report, console, *, top: int = 15) -> None:

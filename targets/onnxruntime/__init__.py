@@ -13,7 +13,10 @@ edgeformer also rewrites ORT's own optimized graph: norms over a whole sample ru
 NCHWc tensors instead of being reordered out and back (``blocked.py``); the manifest's
 ``ort_blocked_layout`` says what changed, and the compile's numerics check covers it.
 
-Precisions: fp32, and fp16 (``fp16.py``: the graph computes in fp16, its I/O stays fp32).  What each
+Precisions: fp32, fp16 (``fp16.py``: the graph computes in fp16, its I/O stays fp32) and int8
+(``quantize.py``: ORT's own quantizer, static QDQ calibrated on the compile's ``Calibration`` or
+dynamic for conv-free MatMul models; ``model.onnx`` is the quantized model, ``model.ort`` its
+optimized form, and ``details["quantization"]`` says what ORT fused into integer kernels).  What each
 file really computes in is read back from the files (``graph_facts.py``) into the manifest:
 ``compute_precision`` and ``ort_nodes_by_precision`` for ``model.ort``, ``onnx_compute_precision``
 and ``*_initializers_by_precision``.  ORT's CPU provider has no fp16 kernel for most ops on x86, so
@@ -21,9 +24,10 @@ there an fp16 ``model.ort`` runs those in fp32 between casts it wrote into the f
 (``ort_fp16_fallback`` says so); ``model.onnx`` is the fp16 file for devices with fp16 kernels.
 
 Options read from the profile: ``threads`` (0 = ORT's default), ``optimization_level``
-(disable/basic/extended/all), ``execution_mode`` and ``precision``.
+(disable/basic/extended/all), ``execution_mode`` and ``precision``; for int8 also
+``quantization_mode`` and ``calibration_method`` (through the ``Calibration`` context).
 
-Files: ``export.py`` (IR → ONNX), ``fp16.py`` (fp16 conversion), ``optimize.py`` (ORT's
+Files: ``export.py`` (IR → ONNX), ``fp16.py`` (fp16 conversion), ``quantize.py`` (int8), ``optimize.py`` (ORT's
 optimization in a deterministic subprocess), ``blocked.py`` (the blocked-layout rewrite),
 ``graph_facts.py`` (what the files hold), ``profiler.py`` (per-op times).
 
@@ -54,6 +58,7 @@ from .fp16 import convert_to_fp16
 from .graph_facts import GraphFacts, nchwc_block, onnx_facts, ort_facts, summarize
 from .optimize import LEVELS, optimize_for_host
 from .profiler import WARMUP_RUNS, op_profile, source_map
+from .quantize import int8_facts, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,8 @@ class OnnxRuntimeTarget(Target):
         {"fold_pool_mixer": {"branch_convs": True}, "lower_group_norm": {"form": "instance_norm"}},
     )
 
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
+    calibrated_precisions = ("int8",)
 
     def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         opts = profile.options
@@ -120,9 +126,15 @@ class OnnxRuntimeTarget(Target):
                 f"profile {profile.name}: the onnxruntime target does not implement precision {opts.precision}",
                 f"set [options] precision to one of {', '.join(self.precisions)}",
             )
+        if opts.precision == "int8" and calibration is None:
+            raise UserError(
+                f"profile {profile.name}: int8 needs calibration data",
+                "give calibration samples (compile(..., calibration=Calibration(...)) or --calib)",
+            )
         onnx_path = out_dir / "model.onnx"
         export_onnx(graph, onnx_path)
         conversion = convert_to_fp16(onnx_path) if opts.precision == "fp16" else None
+        quantization = quantize_int8(graph, onnx_path, profile, calibration) if opts.precision == "int8" else None
         layout = optimize_for_host(onnx_path, out_dir / "model.ort", opts.optimization_level)
         import onnx
 
@@ -143,7 +155,12 @@ class OnnxRuntimeTarget(Target):
             **_precision_details(in_onnx, in_ort, opts.precision),
             **({"fp16_conversion": conversion} if conversion else {}),
         }
-        return CompileResult(files=["model.ort", "model.onnx"], details=details)
+        checks: dict[str, bool] = {}
+        if quantization is not None:
+            facts, checks = int8_facts(out_dir / "model.ort", model, quantization)
+            details["quantization"] = {**quantization, **facts}
+            _int8_precision(details, facts, model)
+        return CompileResult(files=["model.ort", "model.onnx"], details=details, structural_checks=checks)
 
     @staticmethod
     def _model_path(artifact_dir: Path) -> Path:
@@ -178,6 +195,21 @@ def _cpu_specific(facts: GraphFacts) -> str:
         'the same block size; compile with optimization_level = "extended" (profile android-arm64-ort) '
         "for a portable model.ort"
     )
+
+
+# Integer initializer types of a quantized model, by the names the manifest uses.
+_INT_TYPES = {2: "uint8", 3: "int8", 6: "int32"}
+
+
+def _int8_precision(details: dict, facts: dict, model) -> None:
+    """Count the integer kernels beside the float nodes (``graph_facts`` counts floating nodes only,
+    so an int8 ``model.ort`` would read "fp32"), and the integer initializers of ``model.onnx``."""
+    by = {**details["ort_nodes_by_precision"], "int8": facts["int8_op_count"]}
+    details["ort_nodes_by_precision"] = dict(sorted(by.items()))
+    details["compute_precision"] = summarize(details["ort_nodes_by_precision"])
+    ints = Counter(_INT_TYPES[t.data_type] for t in model.graph.initializer if t.data_type in _INT_TYPES)
+    onnx_inits = {**details["onnx_initializers_by_precision"], **ints}
+    details["onnx_initializers_by_precision"] = dict(sorted(onnx_inits.items()))
 
 
 def _precision_details(in_onnx: GraphFacts, in_ort: GraphFacts, precision: str) -> dict:

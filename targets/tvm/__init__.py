@@ -58,6 +58,12 @@ class TvmTarget(Target):
     distributions = ("apache-tvm", "apache-tvm-ffi")  # ffi: its ABI matters (see search.py)
     sdk_modules = ("tvm", "tvm.relax")
     main_file = tb.LIBRARY
+    # Checked on 0.27 (docs/measurement.md): a QDQ model imports, but every conv2d/matmul still runs
+    # in float32 between element-wise quantize/dequantize ops, so "int8" would be fp32 plus overhead.
+    refusals = {
+        "int8": "TVM 0.27 Relax has no integer conv/matmul lowering here (a QDQ model would run its convs in "
+        "fp32 plus quantize/dequantize overhead)"
+    }
 
     @classmethod
     def is_available(cls) -> str | None:

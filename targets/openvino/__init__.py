@@ -7,7 +7,11 @@ The model is compiled for the profile's ``device`` (CPU, GPU, NPU) with its ``pe
   on CPUs with AVX512-BF16/AMX, which moves outputs by ~1e-2.
 - bf16/fp16 are accepted only when the device lists BF16/FP16 in ``OPTIMIZATION_CAPABILITIES``;
   otherwise compile fails with the device's capabilities.  fp16 also stores weights in fp16.
-- int8 needs a quantized model, which this target does not produce.
+- int8 quantizes the converted model with NNCF (``quantize.py``: calibration, the layers kept in
+  float, and what ran in int8, read back from the runtime graph); it needs ``INT8`` in the
+  device's capabilities and calibration data.  ``model.xml``/``.bin`` hold the quantized model
+  (FakeQuantize nodes over int8 weights).  Its float islands (GELU, norms, softmax) run with
+  ``INFERENCE_PRECISION_HINT=f32`` (:data:`INT8_FLOAT_HINT`).
 
 Ahead-of-time profiles (``aot_only``, e.g. ``intel-npu``) save the IR and, when the device's
 plugin and compiler are present, an exported blob (``model.blob``) that loads without
@@ -37,15 +41,19 @@ from pathlib import Path
 import numpy as np
 
 from edgeformer.errors import UserError, first_line
+from edgeformer.ir import source_path
 from edgeformer.passes import PIPELINES, Pipeline
 
-from ._support import input_shapes, node_sources, unsupported_op_error
-from .base import CompileResult, OpProfile, OpTime, Runner, Target
+from .._support import input_shapes, node_sources, unsupported_op_error
+from ..base import CompileResult, OpProfile, OpTime, Runner, Target
+from . import quantize as q
 
 log = logging.getLogger(__name__)
 
 # profile precision -> (INFERENCE_PRECISION_HINT value, OPTIMIZATION_CAPABILITIES entry)
 _PRECISION = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "fp16": ("f16", "FP16")}
+# profile precision -> the OPTIMIZATION_CAPABILITIES entry the device needs for it
+_CAPABILITY = {**{p: cap for p, (_, cap) in _PRECISION.items()}, "int8": "INT8"}
 _HINT = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 _SOURCES_KEY = ["edgeformer", "sources"]
 _UNCONVERTED = re.compile(r"(?:No conversion rule found for operations|Conversion is failed for):\s*([^\n]+)")
@@ -56,12 +64,9 @@ WARMUP_RUNS = 3
 
 def check_precision(device: str, precision: str, capabilities: Sequence[str], device_name: str = "") -> str | None:
     """None when ``device`` can run ``precision``, else why not (and what to do)."""
-    if precision not in _PRECISION:
-        return (
-            f"precision {precision} needs a quantized model, which the OpenVINO target does not produce; "
-            'use precision = "fp32", "bf16" or "fp16"'
-        )
-    cap = _PRECISION[precision][1]
+    if precision not in _CAPABILITY:
+        return f'OpenVINO has no precision {precision}; use precision = "fp32", "bf16", "fp16" or "int8"'
+    cap = _CAPABILITY[precision]
     if cap not in capabilities:
         label = f"{device} ({device_name})" if device_name else device
         return (
@@ -82,12 +87,28 @@ def _supported(core, device: str) -> set[str]:
         return set()
 
 
+# The INFERENCE_PRECISION_HINT of an int8 model, i.e. of the ops left in float (GELU, norms,
+# softmax, layers kept in float).  f32 rather than OpenVINO's CPU default (bf16 on AVX512-BF16/AMX):
+# on EfficientFormer-L1 at 2 threads both ran alike (bf16/f32 islands 0.99x, range 0.93-1.09 over 6
+# alternating rounds: the islands are a small share once convs and linears are int8), f32 had the
+# lower error on the trained digits poolformer_tiny (max |Δlogit| 0.18 against 0.21), and the
+# artifact then computes the same on CPUs with and without bf16.
+INT8_FLOAT_HINT: str | None = "f32"
+
+
+def _inference_hint(precision: str) -> str | None:
+    if precision == "int8":
+        return INT8_FLOAT_HINT
+    return _PRECISION[precision][0] if precision in _PRECISION else None
+
+
 def compile_config(core, options, *, perf_count: bool = False, device_present: bool = True) -> dict:
     """The ``compile_model`` config for a profile's options (only keys the device supports)."""
     device = options.device.upper()
     config: dict = {"PERFORMANCE_HINT": _HINT[options.performance_hint]}
-    if options.precision in _PRECISION:
-        config["INFERENCE_PRECISION_HINT"] = _PRECISION[options.precision][0]
+    hint = _inference_hint(options.precision)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
     if options.threads:
         config["INFERENCE_NUM_THREADS"] = int(options.threads)
     if perf_count:
@@ -101,11 +122,39 @@ def compile_config(core, options, *, perf_count: bool = False, device_present: b
     return config
 
 
+def _decoder(program):
+    """OpenVINO's own decoder of the ExportedProgram (what ``convert_model`` builds from it), or
+    None when this OpenVINO does not have it where expected."""
+    try:
+        from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
+    except ImportError:
+        return None
+    make = getattr(TorchFXPythonDecoder, "from_exported_program", None)
+    if make is None:
+        return None
+    # As inside convert_model (ovc's init_logger): its decomposition table logs a warning with a
+    # traceback for every op this torch no longer lists, on the root logger.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return make(program)
+    finally:
+        root.setLevel(level)
+
+
 def _convert(graph):
+    """``(ov.Model, the decomposed GraphModule OpenVINO converted, or None)``.
+
+    The decoder is built here rather than inside ``convert_model`` so its GraphModule, whose node
+    names the converted ops carry, maps IR layers to OV ops (``quantize.layer_ops``)."""
     import openvino as ov
 
     try:
-        return ov.convert_model(graph.program)
+        decoder = _decoder(graph.program)
+        if decoder is None:
+            return ov.convert_model(graph.program), None
+        return ov.convert_model(decoder), getattr(decoder, "pt_module", None)
     except Exception as err:  # noqa: BLE001 - the frontend raises OpConversionFailure and others
         found = _UNCONVERTED.search(str(err))
         if found:
@@ -117,7 +166,7 @@ def _convert(graph):
 
 
 def _prepare(model, graph) -> None:
-    """Static shapes, the graph's I/O names, deterministic node names, the source map."""
+    """Static shapes and the graph's I/O names."""
     import openvino as ov
 
     model.reshape({i: ov.PartialShape(shape) for i, shape in enumerate(input_shapes(graph))})
@@ -132,11 +181,32 @@ def _prepare(model, graph) -> None:
     for port, name in zip(model.outputs, graph.output_names):
         port.get_tensor().set_names({name})
     model.set_friendly_name(graph.name)
+
+
+def _name(model, graph, decomposed=None) -> None:
+    """Deterministic names for the nodes OpenVINO (and NNCF) created, and the source map."""
     for i, op in enumerate(model.get_ordered_ops()):
         m = _AUTO_NAME.fullmatch(op.get_friendly_name())
         if m and op.get_type_name() != "Parameter":
             op.set_friendly_name(f"{m.group(1)}_n{i}")
-    model.set_rt_info(json.dumps(_source_map(model, node_sources(graph)), sort_keys=True), _SOURCES_KEY)
+    sources = node_sources(graph) if decomposed is None else _decomposed_sources(decomposed, node_sources(graph))
+    model.set_rt_info(json.dumps(_source_map(model, sources), sort_keys=True), _SOURCES_KEY)
+
+
+def _decomposed_sources(decomposed, ir_sources: dict[str, str]) -> dict[str, str]:
+    """Node of OpenVINO's decomposed program (whose names the converted ops carry) → source module.
+
+    Its own ``nn_module_stack`` first, else that of the IR node it came from.  Not the IR node of
+    the same name: a decomposition that adds ops renumbers the names after it (``native_layer_norm_2``
+    of the decomposed program need not be the IR's)."""
+    out = {}
+    for node in decomposed.graph.nodes:
+        if node.op != "call_function":
+            continue
+        src = source_path(node) or next((ir_sources[o] for o in q.origins(node) if o in ir_sources), None)
+        if src:
+            out[node.name] = src
+    return out
 
 
 def _source_map(model, ir_sources: dict[str, str]) -> dict[str, str]:
@@ -151,7 +221,11 @@ def _source_map(model, ir_sources: dict[str, str]) -> dict[str, str]:
         name = op.get_friendly_name()
         src = ir_sources.get(name.split("/")[0])
         if src is None and op.get_type_name() not in ("Constant", "Parameter", "Result"):
-            consumers = [t.get_node() for port in op.outputs() for t in port.get_target_inputs()]
+            # sorted: get_target_inputs() is a set, and the first consumer with a source wins
+            consumers = sorted(
+                (t.get_node() for port in op.outputs() for t in port.get_target_inputs()),
+                key=lambda c: c.get_friendly_name(),
+            )
             src = next((out[c.get_friendly_name()] for c in consumers if c.get_friendly_name() in out), None)
         if src:
             out[name] = src
@@ -224,7 +298,8 @@ class OpenVinoTarget(Target):
     # OpenVINO fuses GroupNorm(1, C) written as one LayerNorm into its MVN kernel (figures:
     # docs/benchmarks.md); it fuses the pool mixer's plain form itself.
     pipeline = Pipeline(PIPELINES["exact"], {"lower_group_norm": {"form": "layer_norm"}})
-    precisions = tuple(_PRECISION)
+    precisions = (*_PRECISION, "int8")
+    calibrated_precisions = ("int8",)
 
     def can_run_here(self, profile) -> str | None:
         reason = self.is_available()
@@ -261,15 +336,23 @@ class OpenVinoTarget(Target):
         device = opts.device.upper()
         core = ov.Core()
         present = _device_present(core, device)
-        if present or opts.precision not in _PRECISION:
+        if present or opts.precision not in _CAPABILITY:
             caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES") if present else []
             problem = check_precision(
                 device, opts.precision, caps, core.get_property(device, "FULL_DEVICE_NAME") if present else ""
             )
             if problem:
                 raise UserError(f"profile {profile.name}: {problem.split('; ')[0]}", problem.split("; ", 1)[-1])
-        model = _convert(graph)
+        int8 = opts.precision == "int8"
+        if int8:
+            calibration = q.check_calibration(calibration, profile.name)
+        model, decomposed = _convert(graph)
         _prepare(model, graph)
+        quantization = None
+        if int8:
+            fix = q.overflow_fix(q.cpu_flags() if device == "CPU" else None)
+            model, quantization = q.quantize(model, graph, decomposed, calibration, device, fix)
+        _name(model, graph, decomposed)
         compress = opts.precision == "fp16"
         ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=compress)
         files = ["model.xml", "model.bin"]
@@ -277,23 +360,29 @@ class OpenVinoTarget(Target):
             "device": device,
             "device_present_at_compile": present,
             "performance_hint": opts.performance_hint,
-            "inference_precision": _PRECISION.get(opts.precision, ("?",))[0],
+            "inference_precision": _inference_hint(opts.precision) or "default",
             "threads": opts.threads or "default",
             "weights_fp16": compress,
             "ov_ops": len(model.get_ordered_ops()),
             "ov_op_histogram": _histogram(model),
         }
+        checks: dict[str, bool] = {}
         if present and not opts.aot_only:
             # Compile once now so a bad config fails at compile time, not on first use.
             compiled = core.compile_model(model, device, compile_config(core, opts))
             if "INFERENCE_PRECISION_HINT" in _supported(core, device):
                 details["compiled_precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            if quantization is not None:
+                counts, checks = q.runtime_precisions(compiled, quantization["kept_float_ops"])
+                quantization.update(counts)
+        if quantization is not None:
+            details["quantization"] = quantization
         if device != "CPU":
             blob = self._export_blob(core, model, opts, out_dir / "model.blob", present)
             details["blob"] = blob
             if blob.startswith("model.blob"):
                 files.append("model.blob")
-        return CompileResult(files=files, details=details)
+        return CompileResult(files=files, details=details, structural_checks=checks)
 
     @staticmethod
     def _export_blob(core, model, opts, path: Path, present: bool) -> str:

@@ -7,6 +7,10 @@ Options read from the profile:
 - ``compute_units``: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE.  Core ML applies them at load
   time, so they are recorded in the manifest and used by the macOS runner.
 - ``minimum_deployment_target``: e.g. iOS16 (empty = coremltools' default for ML programs).
+- ``compression``: none, w8 (int8 weights), palettize4/palettize6 (4/6-bit lookup tables) or
+  w8a8 (int8 weights and activations via torchao PT2E, calibrated: ``needs_calibration``); the
+  compute precision stays ``precision``.  :mod:`.compress` has the recipes, the structural checks
+  (``weights_compressed``, ``activations_quantized``, ...) and ``details["quantization"]``.
 
 Before converting, every IR op is checked against coremltools' op registry, so an op Core ML
 cannot convert fails with its name and the module it came from rather than deep in the
@@ -39,8 +43,9 @@ import numpy as np
 from edgeformer.errors import UserError, first_line
 from edgeformer.ir import op_name
 
-from ._support import dtype_name, input_shapes, quiet_sdk, unsupported_op_error
-from .base import CompileResult, OpProfile, OpTime, Runner, Target
+from .._support import dtype_name, input_shapes, quiet_sdk, unsupported_op_error
+from ..base import CompileResult, OpProfile, OpTime, Runner, Target
+from . import compress
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +85,8 @@ def _deployment_target(ct, name: str):
 _IDENTITY_OPS = ("aten.alias", "aten.alias_copy", "aten.detach", "aten.detach_copy", "aten.lift_fresh_copy")
 
 
-def _program(graph):
-    """coremltools takes the ATen (inference) dialect, not torch.export's training IR."""
-    program = graph.program.run_decompositions({})
+def drop_identity_ops(program) -> int:
+    """Remove the identity ops coremltools cannot convert from an ExportedProgram, in place."""
     dropped = 0
     for node in list(program.graph.nodes):
         if node.op == "call_function" and op_name(node.target) in _IDENTITY_OPS:
@@ -92,6 +96,13 @@ def _program(graph):
     if dropped:
         program.graph_module.recompile()
         log.info("coreml: dropped %d identity ops (alias/detach) before conversion", dropped)
+    return dropped
+
+
+def _program(graph):
+    """coremltools takes the ATen (inference) dialect, not torch.export's training IR."""
+    program = graph.program.run_decompositions({})
+    drop_identity_ops(program)
     return graph.replace(program)
 
 
@@ -253,20 +264,29 @@ class CoreMLTarget(Target):
             return f"profile {profile.name} compiles ahead of time only: run model.mlpackage in the app on the device"
         return None
 
+    def needs_calibration(self, profile) -> bool:
+        """W8A8 calibrates its activation ranges; weight-only int8 and palettization are data-free."""
+        return profile.options.compression in compress.CALIBRATED
+
     def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         with quiet_sdk(*_SDK_LOGGERS):
-            return self._compile(graph, profile, out_dir)
+            return self._compile(graph, profile, out_dir, calibration)
 
-    def _compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def _compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         import coremltools as ct
 
         opts = profile.options
         if opts.precision not in _PRECISIONS:
             raise UserError(
                 f"profile {profile.name}: Core ML precision {opts.precision} is not supported here",
-                'use precision = "fp16" or "fp32" (int8 needs coremltools.optimize)',
+                'use precision = "fp16" or "fp32" with [options] compression = "w8", "palettize4", '
+                '"palettize6" or "w8a8" for int8/palettized weights',
             )
         target = _deployment_target(ct, opts.minimum_deployment_target)
+        compression = opts.compression
+        if compression != "none":
+            compress.check_profile(ct, profile, target, calibration)
+        rewritten = graph
         graph = _program(graph)
         missing = unconvertible_ops(graph.program)
         if missing:
@@ -284,9 +304,17 @@ class CoreMLTarget(Target):
                     "cast it to float32 or int32 in the model",
                 )
         kwargs = {"minimum_deployment_target": target} if target is not None else {}
+        source = graph.program
+        w8a8 = None
+        if compression == "w8a8":
+            w8a8 = compress.quantize_activations(rewritten, calibration, drop_identity_ops)
+            source = w8a8.program
+            missing = unconvertible_ops(source)
+            if missing:
+                raise unsupported_op_error(graph, f"Core ML (coremltools {ct.__version__}) W8A8", missing)
         try:
             mlmodel = ct.convert(
-                graph.program,
+                source,
                 convert_to="mlprogram",
                 compute_precision=ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32,
                 compute_units=ct.ComputeUnit[opts.compute_units],
@@ -302,6 +330,10 @@ class CoreMLTarget(Target):
                 f"Core ML could not convert {graph.name}: {first_line(err)}",
                 "run with --debug for the converter's trace",
             ) from err
+        compressed = None
+        if compression != "none":
+            compressed = compress.apply(mlmodel, rewritten, compression, calibration, w8a8)
+            mlmodel = compressed.mlmodel
         package = out_dir / PACKAGE
         mlmodel.save(str(package))
         # coremltools writes ExecuTorch's Core ML delegate a map of debug handles to MIL ops when the
@@ -328,6 +360,14 @@ class CoreMLTarget(Target):
             "mil_op_histogram": dict(sorted(hist.items())),
             "validated": "predicted on macOS" if on_macos() else "structurally (Core ML cannot run on this OS)",
         }
+        if compressed is not None:
+            facts, more = compress.inspect(spec, compression, compressed.kept_consts, compressed.kept_ops, package)
+            checks.update(more)
+            failed = [k for k, ok in more.items() if not ok]
+            if failed:
+                log.warning("coreml %s structural checks failed: %s (%s)", compression, ", ".join(failed), facts)
+            problems = sorted(problems + failed)
+            details["quantization"] = {**compressed.facts, **facts, "measured": compress.MEASURED}
         if problems:
             details["structural_problems"] = problems
         files = sorted(p.relative_to(out_dir).as_posix() for p in package.rglob("*") if p.is_file())

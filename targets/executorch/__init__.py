@@ -6,7 +6,9 @@ Options read from the profile: ``partitioner`` ("xnnpack" or "none": portable ke
 portable across CPU architectures, since XNNPACK picks its kernels at load time, so this
 machine's runtime checks its numbers; its latency is the device's to measure).
 
-Precision: ``fp32``, or ``fp16`` (XNNPACK's fp16 path: the IR with fp16 weights and compute and
+Precision: ``fp32``, ``int8`` (PT2E with XNNPACK's quantizer on the rewritten IR, calibrated;
+``quantize.py``, which also counts what runs in int8 for the manifest's ``quantization``), or
+``fp16`` (XNNPACK's fp16 path: the IR with fp16 weights and compute and
 fp32 inputs/outputs, cast inside the program).  XNNPACK runs its fp16 kernels on arm64 natively
 and on x86 with F16C/AVX2 (checked on this AMD EPYC: it delegates and runs, max abs error ~1e-4 at
 outputs of order 0.1 on the zoo's tiny models, cosine 1.000000); ops XNNPACK has no fp16 kernel
@@ -54,13 +56,14 @@ from edgeformer.errors import UnsupportedOpError, UserError, first_line
 from edgeformer.ir import op_name, source_path
 from edgeformer.passes import PIPELINES, Pipeline
 
-from ._support import display_name, input_shapes, quiet_sdk, unsupported_op_error
-from .base import CompileResult, OpProfile, OpTime, Runner, Target
+from .._support import display_name, input_shapes, quiet_sdk, unsupported_op_error
+from ..base import CompileResult, OpProfile, OpTime, Runner, Target, quantizable_layers
+from . import quantize
 
 log = logging.getLogger(__name__)
 
 _DELEGATE = "XnnpackBackend"
-_PRECISIONS = ("fp32", "fp16")
+_PRECISIONS = ("fp32", "fp16", "int8")
 _NOT_CORE = re.compile(r"Operator (?:torch\._ops\.)?([\w.]+) is not in Core ATen opset")
 _EDGE_OPERATOR = re.compile(r"Operator: <EdgeOpOverload: ([\w.]+)>.*?with args: (\{[^}]*\})")
 _FAILED_PASS = re.compile(r"running the '(\w+)' pass")
@@ -405,7 +408,8 @@ def _half_program(graph):
         ) from err
 
 
-def _lower(graph, partitioner: str, precision: str = "fp32"):
+def _lower(graph, partitioner: str, precision: str = "fp32", program=None):
+    """``to_edge_transform_and_lower`` of ``program`` (default: the IR, or its fp16 form)."""
     with _quiet_python():
         from executorch.exir import to_edge_transform_and_lower
 
@@ -414,7 +418,8 @@ def _lower(graph, partitioner: str, precision: str = "fp32"):
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
             partitioners = [XnnpackPartitioner()]
-    program = _half_program(graph) if precision == "fp16" else graph.program
+    if program is None:
+        program = _half_program(graph) if precision == "fp16" else graph.program
     try:
         return to_edge_transform_and_lower(program, partitioner=partitioners)
     except Exception as err:  # noqa: BLE001 - SpecViolationError and friends
@@ -517,6 +522,7 @@ class ExecuTorchTarget(Target):
     sdk_modules = ("torch", "executorch.runtime")
     main_file = "model.pte"
     precisions = _PRECISIONS
+    calibrated_precisions = ("int8",)
     # The exact pipeline, then SDPA in the bmm form XNNPACK delegates (ExecuTorch's own SDPA
     # decomposition leaves a dead safe-softmax mask on portable kernels).  Last: it matches SDPA
     # alone, which no exact pass creates or consumes, and leaves no constants for fold_constants.
@@ -552,17 +558,29 @@ class ExecuTorchTarget(Target):
 
     def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         with _quiet_python():
-            return self._compile(graph, profile, out_dir)
+            return self._compile(graph, profile, out_dir, calibration)
 
-    def _compile(self, graph, profile, out_dir: Path) -> CompileResult:
+    def _compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         opts = profile.options
         if opts.precision not in _PRECISIONS:
             raise UserError(
                 f"profile {profile.name}: ExecuTorch precision {opts.precision} is not supported",
                 f"use precision = one of {', '.join(_PRECISIONS)}",
             )
-        edge = _lower(graph, opts.partitioner, opts.precision)
+        program, quant = None, None
+        if opts.precision == "int8":
+            program, quant = self._quantize(graph, profile, calibration)
+        try:
+            edge = _lower(graph, opts.partitioner, opts.precision, program)
+        except UserError as err:
+            if quant is not None:  # XNNPACK's int8 lowering: the partitioner fix does not apply
+                other = "static" if quant["mode"] == quantize.DYNAMIC else "dynamic"
+                err.fix = f'in int8 ({quant["mode"]}): try quantization_mode = "{other}", or precision = "fp32"'
+            raise
         placement = delegation(edge.exported_program(), opts.partitioner)
+        if quant is not None:  # before to_executorch, which adds memory planning's alloc nodes
+            layers = set(quantizable_layers(graph))
+            quant.update(quantize.int8_placement(edge.exported_program(), quant["mode"], layers))
         try:
             program = edge.to_executorch()
         except Exception as err:  # noqa: BLE001
@@ -594,7 +612,37 @@ class ExecuTorchTarget(Target):
         }
         if opts.aot_only:
             details["runs_on"] = opts.device
-        return CompileResult(files=["model.pte"], details=details)
+        checks = {}
+        if quant is not None:
+            details["quantization"] = quant
+            checks["int8_delegated"] = quant["int8_ops"] > 0
+            log.info(
+                "executorch int8 (%s): %d int8 ops in XNNPACK, %d conv/linear float, %d ops outside the delegate",
+                quant["mode"],
+                quant["int8_ops"],
+                quant["float_ops"],
+                quant["fallbacks"],
+            )
+        return CompileResult(files=["model.pte"], details=details, structural_checks=checks)
+
+    def _quantize(self, graph, profile, calibration):
+        """The int8 program (PT2E with XNNPACK's quantizer, ``quantize.py``) and its manifest facts."""
+        opts = profile.options
+        if calibration is None:
+            raise UserError(
+                f"profile {profile.name} compiles int8, which needs calibration data",
+                "pass calibration (--calib digits|FILE.npz)",
+            )
+        if opts.partitioner != "xnnpack":
+            raise UserError(
+                f"profile {profile.name}: ExecuTorch int8 needs the XNNPACK delegate (portable kernels are fp32)",
+                'set partitioner = "xnnpack"',
+            )
+        mode, why = quantize.choose_mode(graph, opts.quantization_mode)
+        program, quant = quantize.quantize(graph, calibration, mode)
+        quant["mode_reason"] = why
+        quant["calibration"] = calibration.to_dict()
+        return program, quant
 
     def load(self, artifact) -> ExecuTorchRunner:
         reason = self.can_verify_here(artifact.profile)
