@@ -74,6 +74,8 @@ def choose_mode(graph, requested: str) -> tuple[str, str]:
       On the trained lmuformer_tiny both agree ≥ 99.4 % with fp32 top-1.
     - A conv-free 4-block MLP stack 1×128×256 (10 linear, LayerNorm, GELU): dynamic 5.9 ms (3.7×,
       cosine 0.99994), static 7.8 ms (2.8×, cosine 0.9976).
+    - PVT-v2-b0 (41 linear, 18 conv): static lowers (cosine 0.994); dynamic fails in XNNPACK's
+      ChannelsLastTaggedReshapePass, so "mostly linear" is not enough for dynamic.
     """
     if requested in (STATIC, DYNAMIC):
         return requested, f"quantization_mode = {requested}"
