@@ -59,6 +59,7 @@ from edgeformer.passes import PIPELINES, Pipeline
 from .._support import display_name, input_shapes, quiet_sdk, unsupported_op_error
 from ..base import CompileResult, OpProfile, OpTime, Runner, Target, quantizable_layers
 from . import quantize
+from .quantize import _op_label, _short
 
 log = logging.getLogger(__name__)
 
@@ -150,22 +151,6 @@ def _runtime():
 
 
 # ------------------------------------------------------------------------------------ placement
-
-
-def _op_label(target) -> str:
-    """Edge-dialect target → ``aten.mean.dim`` style name."""
-    name = getattr(target, "__name__", None) or str(target)
-    schema = getattr(target, "_schema", None)
-    if schema is not None:
-        base = schema.name.replace("::", ".")
-        return f"{base}.{schema.overload_name}" if schema.overload_name else base
-    return name
-
-
-def _short(label: str) -> str:
-    """aten.where.self → where; dim_order_ops._to_dim_order_copy → _to_dim_order_copy"""
-    parts = label.split(".")
-    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def _is_bookkeeping(node) -> bool:

@@ -38,6 +38,9 @@ import operator
 
 from edgeformer.errors import UserError, first_line
 
+from .._support import input_shapes
+from ..base import quantizable_layers
+
 STATIC, DYNAMIC = "static", "dynamic"
 # Edge-dialect conv/linear ops, for the float_ops count.
 _EDGE_GEMMS = ("convolution", "linear", "addmm", "mm")
@@ -136,8 +139,6 @@ def quantize(graph, calibration, mode: str, per_channel: bool = True):
     """``(exported int8 program, facts)`` for the rewritten IR: prepare, calibrate, convert, export."""
     import torch
 
-    from .._support import input_shapes
-
     if any(-1 in s for s in input_shapes(graph)):
         raise UserError(
             f"ExecuTorch int8 quantization of {graph.name} needs static shapes", "compile without dynamic batch"
@@ -192,8 +193,6 @@ def _has_batch_norm(graph) -> bool:
 
 
 def _quantizable(graph) -> set[str]:
-    from ..base import quantizable_layers
-
     return set(quantizable_layers(graph))
 
 
@@ -277,8 +276,6 @@ def int8_placement(edge_program, mode: str, layers: set[str] = frozenset()) -> d
     quantize (GELU, avg_pool2d) run in fp32 between XNNPACK convert nodes.  ``float_layers`` names
     the IR conv/linear nodes (of ``layers``) left in float, a kept layer among them.
     """
-    from . import _op_label, _short
-
     precision = "DYNAMIC_QUANT" if mode == DYNAMIC else "STATIC_QUANT"
     supported = _quant_precisions()
     gm = edge_program.graph_module
@@ -323,3 +320,19 @@ def int8_placement(edge_program, mode: str, layers: set[str] = frozenset()) -> d
         "fallbacks": sum(fallback.values()),
         "fallback_op_types": dict(sorted(fallback.items())),
     }
+
+
+def _op_label(target) -> str:
+    """Edge-dialect target → ``aten.mean.dim`` style name."""
+    name = getattr(target, "__name__", None) or str(target)
+    schema = getattr(target, "_schema", None)
+    if schema is not None:
+        base = schema.name.replace("::", ".")
+        return f"{base}.{schema.overload_name}" if schema.overload_name else base
+    return name
+
+
+def _short(label: str) -> str:
+    """aten.where.self → where; dim_order_ops._to_dim_order_copy → _to_dim_order_copy"""
+    parts = label.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
