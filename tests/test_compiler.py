@@ -145,14 +145,14 @@ def test_a_precision_the_target_does_not_produce_is_refused_in_one_line(user_mod
     from edgeformer.cli import main
     from edgeformer.targets import get_target
 
-    prof = user_models / "int8.toml"
-    prof.write_text(f'name = "int8-{target}"\ntarget = "{target}"\n[options]\nprecision = "int8"\n')
+    prof = user_models / "bf16.toml"
+    prof.write_text(f'name = "bf16-{target}"\ntarget = "{target}"\n[options]\nprecision = "bf16"\n')
     out = user_models / "art"
     code = main(["compile", "mymodels:tiny", "--input-shape", "1x3x8x8", "--profile", str(prof), "-o", str(out)])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     produced = ", ".join(get_target(target).precisions)
     assert code == 2 and len(lines) == 1, lines
-    assert f"profile int8-{target} asks for precision int8, which the {target} target does not produce" in lines[0]
+    assert f"profile bf16-{target} asks for precision bf16, which the {target} target does not produce" in lines[0]
     assert f"(it produces {produced})" in lines[0] and f"set [options] precision to one of {produced}" in lines[0]
     assert not out.exists() and _siblings(out) == []
 
@@ -162,10 +162,10 @@ def test_every_stage_entry_refuses_it_and_the_check_reads_the_targets_precisions
     from edgeformer.targets.onnxruntime import OnnxRuntimeTarget
 
     prof = load_profile("host-ort")
-    prof.options.precision = "int8"
+    prof.options.precision = "bf16"
     with pytest.raises(UserError, match="does not produce"):
         plan("mymodels:tiny", prof, input_shapes=[(1, 3, 8, 8)])  # what rewrite and tune start from
-    monkeypatch.setattr(OnnxRuntimeTarget, "precisions", ("fp32", "int8"))  # a target that learned int8
+    monkeypatch.setattr(OnnxRuntimeTarget, "precisions", ("fp32", "bf16"))  # a target that learned bf16
     assert resolve_target(prof)[1].name == "onnxruntime"
 
 

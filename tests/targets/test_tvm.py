@@ -208,7 +208,7 @@ def test_tuning_tunes_the_graph_compile_builds_with_the_targets_pass_options(tmp
     class Built(Exception):
         pass
 
-    def compile_stub(self, graph, profile, out_dir):
+    def compile_stub(self, graph, profile, out_dir, calibration=None):
         built.append(graph)
         raise Built
 
