@@ -10,6 +10,10 @@ Two modes (the profile's ``quantization_mode``):
 - **dynamic**: ``quantize_dynamic`` of MatMul (and Gemm, split into MatMul + Add first: ORT's dynamic
   quantizer has no Gemm) with activation ranges computed per call; Conv stays float, because ORT's
   ``ConvInteger`` has no optimized kernel (static was 25 % faster, onnxruntime#12854).
+- **auto** (:func:`choose_mode`): static for a model with any Conv, dynamic for a conv-free one with
+  MatMul/Gemm.  Measured here at 1 thread (ms, fp32 / static / dynamic): LMUFormer 6.2 / 1.2 / 4.9
+  and lmuformer_tiny 0.065 / 0.043 / 0.066 (its FFN, tokenizer and LMU memory are convs, which
+  dynamic leaves float); a conv-free 4-block MatMul transformer 17.4 / 8.9 / 7.6.
 
 Signedness (``int8_scheme``): on x86 the activations are uint8 and the weights int8 (U8S8),
 ``reduce_range`` off where the CPU has VNNI.  ORT's default S8S8 measured *slower than fp32* here
@@ -570,7 +574,9 @@ def quantize_int8(graph, onnx_path: Path, profile, calibration: Calibration) -> 
             )
         else:
             t0 = time.perf_counter()
-            ranges, cache, hit = _ranges(pre, [i.name for i in pre_model.graph.input], calibration, onnx_bytes, work)
+            inits = {t.name for t in pre_model.graph.initializer}
+            inputs = [i.name for i in pre_model.graph.input if i.name not in inits]
+            ranges, cache, hit = _ranges(pre, inputs, calibration, onnx_bytes, work)
             info["calibrate_s"] = round(time.perf_counter() - t0, 3)
             # Ranges always come from the file, computed now or cached: the same bytes either way.
             quantize_static(
@@ -627,40 +633,29 @@ def is_integer_op(op_type: str) -> bool:
 def int8_facts(ort_path: Path, onnx_model, info: dict) -> tuple[dict, dict[str, bool]]:
     """Op counts of the optimized ``model.ort`` and the quantized ``model.onnx``, and structural checks.
 
-    ORT names a node it fuses or re-creates after the original (``node_Conv_60_token_6``) or, for
-    NCHWc convs, after its output (``conv2d_3_nchwc``), so each kept-float ONNX node is looked up in
-    ``model.ort`` by those names: ``kept_float_in_ort`` gives the compute ops it became, and
-    ``keep_float_applied`` checks that it became some and none is an integer kernel.
+    ``keep_float_applied``: every kept-float node of ``model.onnx`` reads float tensors (no
+    DequantizeLinear upstream of it through data movement, no integer initializer), so no ORT
+    transformer can turn it into an integer kernel, and ``model.ort`` has at least that many float
+    Conv/MatMul/Gemm.  (ORT renames what it fuses: conv + ReLU at level "all" became ``relu_1_nchwc``,
+    so nodes are not looked up by name in ``model.ort``.)
     """
     nodes = ort_nodes(ort_path)
     producer = {out: op for _, op, _, outs, _ in nodes for out in outs}
-    int8 = Counter(op for _, op, _, _, _ in nodes if is_integer_op(op))
-    floats = Counter(op for _, op, _, _, _ in nodes if op in FLOAT_COMPUTE_OPS)
     readers = defaultdict(set)
     for _, op, ins, _, _ in nodes:
         for i in ins:
             readers[i].add(op)
+    int8 = Counter(op for _, op, _, _, _ in nodes if is_integer_op(op))
+    floats = Counter(op for _, op, _, _, _ in nodes if op in FLOAT_COMPUTE_OPS)
     dq_fed = [
         outs
         for _, op, ins, outs, _ in nodes
         if op in ("Conv", "FusedConv", "ConvTranspose") and any(producer.get(i) == "DequantizeLinear" for i in ins)
     ]
+    kept = info.get("onnx_nodes_kept_float", [])
     # a conv whose output feeds a kept-float layer has no Q to fuse with: a boundary, not a miss
     boundary = sum(1 for outs in dq_fed if not any("QuantizeLinear" in readers[o] for o in outs))
-    dq_convs = len(dq_fed)
     onnx_ops = Counter(n.op_type for n in onnx_model.graph.node)
-    outputs = {n.name: list(n.output) for n in onnx_model.graph.node}
-    kept = {}
-    for k in info.get("onnx_nodes_kept_float", []):
-        stems = [k, *outputs.get(k, [])]  # the NCHWc transformer names its conv after the output
-        kept[k] = sorted(
-            {
-                op
-                for _, op, _, _, name in nodes
-                if (op in FLOAT_COMPUTE_OPS or is_integer_op(op))
-                and any(name == t or name.startswith((f"{t}_", f"{t}/")) for t in stems)
-            }
-        )
     facts = {
         "int8_ops": dict(sorted(int8.items())),
         "float_ops": dict(sorted(floats.items())),
@@ -669,8 +664,7 @@ def int8_facts(ort_path: Path, onnx_model, info: dict) -> tuple[dict, dict[str, 
         "dequantize_linear_left": sum(1 for _, op, _, _, _ in nodes if op == "DequantizeLinear"),
         "quantize_linear_left": sum(1 for _, op, _, _, _ in nodes if op == "QuantizeLinear"),
         "dynamic_quantize_linear": sum(1 for _, op, _, _, _ in nodes if op == "DynamicQuantizeLinear"),
-        "dequantized_conv_inputs": dq_convs,
-        "kept_float_in_ort": kept,
+        "dequantized_conv_inputs": len(dq_fed),
         "float_boundary_convs": boundary if kept else 0,
         "onnx_quantize_linear": onnx_ops["QuantizeLinear"],
         "onnx_dequantize_linear": onnx_ops["DequantizeLinear"],
@@ -679,8 +673,36 @@ def int8_facts(ort_path: Path, onnx_model, info: dict) -> tuple[dict, dict[str, 
     checks = {}
     if info["mode"] == "static" and (onnx_ops["Conv"] or onnx_ops["ConvTranspose"]):
         # kept-float convs read float tensors (keep_inputs_float): any other DQ → Conv is a missed fusion
-        checks["int8_convs_fused"] = dq_convs - (boundary if kept else 0) == 0
+        checks["int8_convs_fused"] = len(dq_fed) - (boundary if kept else 0) == 0
     checks["no_conv_integer"] = "ConvInteger" not in int8 and "ConvInteger" not in onnx_ops
     if kept:
-        checks["keep_float_applied"] = all(ops and not any(is_integer_op(op) for op in ops) for ops in kept.values())
+        quantized = _quantized_kept(onnx_model, kept)
+        facts["kept_float_still_quantized"] = quantized
+        checks["keep_float_applied"] = not quantized and facts["float_op_count"] >= len(kept)
     return facts, checks
+
+
+def _quantized_kept(model, kept: list[str]) -> list[str]:
+    """The ``kept`` nodes of ``model`` that read a dequantized tensor or an integer initializer."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+
+    def dequantized(t: str) -> bool:
+        for _ in range(32):
+            p = producer.get(t)
+            if p is None or p.op_type not in _TRANSPARENT | {"DequantizeLinear", "DynamicQuantizeLinear"}:
+                return False
+            if p.op_type in ("DequantizeLinear", "DynamicQuantizeLinear"):
+                return True
+            t = p.input[0]
+        return True
+
+    def integer(t: str) -> bool:
+        return t in inits and inits[t] != 1  # TensorProto.FLOAT
+
+    return [
+        k
+        for k in kept
+        if (node := by_name.get(k)) is None or any(dequantized(i) or integer(i) for i in node.input if i)
+    ]

@@ -138,12 +138,13 @@ def lmu():
 def test_a_kept_layer_reads_float_even_where_its_input_was_quantized_for_a_removed_relu(lmu, tmp_path):
     # The tokenizer's Conv → ReLU → conv: the quantizer drops the ReLU into the first conv's
     # quantized output, and ORT would re-quantize a DQ-fed conv's float weights itself.
-    cal = _calibration(lmu, None, mode="static", keep_float=("conv1d_1",))
+    cal = _calibration(lmu, None, keep_float=("conv1d_1",))
     result = TARGET.compile(lmu.graph, load_profile(PROFILE), tmp_path, calibration=cal)
     q = result.details["quantization"]
+    assert q["mode"] == "static" and q["mode_reason"].startswith("auto: 9 Conv")  # the auto rule on LMUFormer
     assert q["kept_float_inputs"]["rewired"] == 1 and q["kept_float_inputs"]["activations_restored"] == 1
     assert result.structural_checks["keep_float_applied"] and result.structural_checks["int8_convs_fused"]
-    assert list(q["kept_float_in_ort"].values()) == [["Conv"]]
+    assert q["kept_float_still_quantized"] == [] and q["float_ops"] == {"Conv": 1, "FusedConv": 1}
     model = onnx.load(str(tmp_path / "model.onnx"))
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     (kept,) = [n for n in model.graph.node if n.name in q["onnx_nodes_kept_float"]]
@@ -175,7 +176,8 @@ def _onnx(*op_types: str):
 
 
 def test_auto_mode_rule():
-    # measured (2 threads): LMUFormer's 1x1/LMU convs make static faster; dynamic won on a conv-free MatMul model
+    # Measured at 1 thread (ms, fp32 / static / dynamic): LMUFormer 6.2 / 1.2 / 4.9 (its FFN and LMU
+    # memory are convs, dynamic leaves them float); a conv-free 4-block MatMul transformer 17.4 / 8.9 / 7.6.
     assert choose_mode("auto", _onnx("Conv", "MatMul", "Gemm"))[0] == "static"
     assert choose_mode("auto", _onnx("MatMul", "Gemm", "Add"))[0] == "dynamic"
     assert choose_mode("dynamic", _onnx("Conv"))[0] == "dynamic"
