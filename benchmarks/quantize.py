@@ -128,11 +128,28 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
+def quantize(src):
+    quantize_static(src, out + "/plain_int8.onnx", Reader())
+    import onnxruntime as ort
+
+    ort.InferenceSession(out + "/plain_int8.onnx", providers=["CPUExecutionProvider"])
+
+
 try:
-    quantize_static(out + "/plain.onnx", out + "/plain_int8.onnx", Reader())
-except Exception as err:
-    print(f"quantize_static: {type(err).__name__}: {err}".splitlines()[0][:300], file=sys.stderr)
-    sys.exit(3)
+    quantize(out + "/plain.onnx")
+except Exception as err:  # e.g. PoolFormer: ORT's shape inference gives a QDQ'd GroupNorm output rank 3
+    # What ORT's docs tell a user next: quant_pre_process, then quantize_static again.
+    first = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    print(f"quantize_static: defaults alone failed ({first}); retrying after quant_pre_process", file=sys.stderr)
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(out + "/plain.onnx", out + "/plain_pre.onnx")
+        quantize(out + "/plain_pre.onnx")
+    except Exception as err2:
+        print(f"quantize_static: {type(err2).__name__}: {err2}".splitlines()[0][:300], file=sys.stderr)
+        sys.exit(3)
+    open(out + "/plain_int8.fallback", "w").write(first)
 """
 
 # --------------------------------------------------------------------------------- small helpers
@@ -281,9 +298,7 @@ def plain_flows(
     ort_log: dict[str, str] = {}
 
     def plain_ort():
-        # In a fresh interpreter: in this process, after the edgeformer builds, the dynamo export of
-        # PoolFormer came out with GroupNorm shapes quantize_static's shape inference rejected
-        # ("Conv: Attribute dilations has incorrect size"); alone it quantizes.  Plain means alone.
+        # In a fresh interpreter, so nothing of edgeformer's in-process state touches the plain flow.
         import numpy as np
 
         np.savez(tmp / "calib.npz", x=np.concatenate(samples))
@@ -293,18 +308,21 @@ def plain_flows(
             text=True,
             check=False,
         )
-        ort_log["stderr"] = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+        ort_log["stderr"] = [line for line in proc.stderr.splitlines() if line.startswith("quantize_static:")][-1:]
         ort_log["rc"] = proc.returncode
         if not onnx_path.is_file():
-            raise RuntimeError(f"plain export failed: {ort_log['stderr']}")
+            raise RuntimeError(f"plain export failed: {' | '.join(ort_log['stderr'])}")
         return ort_session(onnx_path), {"what": "torch.onnx.export(dynamo=True) + ORT defaults (fresh process)"}
 
     def plain_ort_int8():
-        if not q_path.is_file():
-            raise RuntimeError(ort_log.get("stderr") or "no plain export")
-        return ort_session(q_path), {
-            "what": "quantize_static defaults (QDQ, S8S8, per-tensor, MinMax) on the plain export (fresh process)"
-        }
+        if ort_log.get("rc") or not q_path.is_file():
+            raise RuntimeError(" | ".join(ort_log.get("stderr") or ["no plain export"]))
+        info = {"what": "quantize_static defaults (QDQ, S8S8, per-tensor, MinMax) on the plain export (fresh process)"}
+        marker = tmp / "plain_int8.fallback"
+        if marker.is_file():
+            info["defaults_alone_failed"] = marker.read_text()
+            info["what"] += ", after quant_pre_process (defaults alone failed)"
+        return ort_session(q_path), info
 
     ov_model = {}
 
@@ -635,7 +653,10 @@ def goals(result: dict) -> list[dict]:
                     f"{model} {runtime} int8 / {plain}",
                     row["ratio_to_plain_int8"],
                     1.0,
-                    detail=f"{row['median_ms']:.2f} vs {m['rows'][plain]['median_ms']:.2f} ms",
+                    detail=f"{row['median_ms']:.2f} vs {m['rows'][plain]['median_ms']:.2f} ms"
+                    + (
+                        " (plain flow after quant_pre_process)" if m["rows"][plain].get("defaults_alone_failed") else ""
+                    ),
                 )
             elif f"{runtime}_int8" in m["rows"]:
                 why = row.get("failed") or m["rows"].get(plain, {}).get("failed") or "not timed"
@@ -753,6 +774,55 @@ def _print_goals(gs: list[dict]) -> None:
 # -------------------------------------------------------------------------------------------- main
 
 
+def _load() -> dict:
+    path = RESULTS / "quantize.json"
+    try:  # a run of some models or some tiny recipes updates their entries and keeps the others
+        result = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        result = {}
+    result.setdefault("models", {})
+    result.setdefault("tiny", {})
+    return result
+
+
+def _save(kind: str, name: str, entry: dict) -> None:
+    """Merge one entry into bench-results/quantize.json now (a later crash must not lose it)."""
+    result = _load()
+    if kind == "tiny":
+        old = result["tiny"].get(name) or {}
+        if "runtimes" in entry and old.get("epochs") == entry["epochs"]:  # keep the runtimes not re-run
+            entry["runtimes"] = {**old.get("runtimes", {}), **entry["runtimes"]}
+    result[kind][name] = entry
+    write_result("quantize", result)
+
+
+def _parts(args, models: list[str], tiny: list[str], missing: list[str]) -> None:
+    """Run the parts in this process, saving each entry as it is done."""
+    today = _dt.date.today().isoformat()
+    timing = {"min_runs": args.min_runs, "min_seconds": args.min_seconds, "blocks": args.blocks}
+    stamp = {"date": today, "run_id": args.run_id, "threads": args.threads, "missing_profiles": missing}
+    with tempfile.TemporaryDirectory(prefix="edgeformer-bench-quantize-") as tmp:
+        tmp = Path(tmp)
+        for name in models:
+            try:
+                m = bench_model(name, args, tmp)
+            except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others
+                logging.getLogger("quantize").exception("%s failed", name)
+                m = {"failed": _fail(err)}
+            finally:
+                shutil.rmtree(tmp / name, ignore_errors=True)
+            m.update({**stamp, "timing": timing})
+            _save("models", name, m)
+            if "failed" not in m:
+                _print_model(name, m)
+        ckpt_dir = Path(args.checkpoints) if args.checkpoints else tmp / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for name in tiny:
+            t = bench_tiny(name, TINY_EPOCHS.get(name, 5), args, ckpt_dir, tmp / "tiny")
+            t.update(stamp)
+            _save("tiny", name, t)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="L1 only, fewer samples, two tiny models")
@@ -766,6 +836,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-speedup", type=float, default=1.1, help="the speed gate's bar (profiles' default 1.1)")
     ap.add_argument("--checkpoints", help="folder for the tiny checkpoints, reused when present (default: temp)")
+    ap.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run every part in this process (default: one child process per model and per tiny recipe, "
+        "so a runtime crashing the interpreter loses only its own entry)",
+    )
+    ap.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.min_runs = args.min_runs or (30 if args.quick else 60)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (1.0 if args.quick else 2.0)
@@ -780,65 +857,80 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
     from edgeformer.device_profiles import profile_names
-    from edgeformer.profiling import machine_info
     from edgeformer.training import RECIPES
 
     tiny_arg = args.tiny or (",".join(QUICK_TINY) if args.quick else "all")
     tiny = [] if tiny_arg == "none" else list(RECIPES) if tiny_arg == "all" else tiny_arg.split(",")
+    missing = [n for n in PROFILES.values() if n not in profile_names()]
+    if args.one_process:
+        args.run_id = args.run_id or _dt.datetime.now().isoformat(timespec="seconds")
+        _parts(args, models, tiny, missing)
+        return 0
 
     t_start = time.perf_counter()
-    path = RESULTS / "quantize.json"
-    try:  # a run of some models or some tiny recipes updates their entries and keeps the others
-        result = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        result = {}
-    result.setdefault("models", {})
-    result.setdefault("tiny", {})
-    result["profiles"] = {f"{rt}_{p}": name for (rt, p), name in PROFILES.items()}
-    missing = [n for n in PROFILES.values() if n not in profile_names()]
     if missing:
         print(f"profiles not in profiles/ yet (stood in by the fp32 profile + precision): {', '.join(missing)}")
-    today = _dt.date.today().isoformat()
-    timing = {"min_runs": args.min_runs, "min_seconds": args.min_seconds, "blocks": args.blocks}
-    with tempfile.TemporaryDirectory(prefix="edgeformer-bench-quantize-") as tmp:
-        tmp = Path(tmp)
-        for name in models:
-            try:
-                m = bench_model(name, args, tmp)
-            except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others
-                logging.getLogger("quantize").exception("%s failed", name)
-                m = {"failed": _fail(err)}
-            finally:
-                shutil.rmtree(tmp / name, ignore_errors=True)
-            m.update({"date": today, "threads": args.threads, "timing": timing, "missing_profiles": missing})
-            result["models"][name] = m
-            if "failed" not in m:
-                _print_model(name, m)
-        ckpt_dir = Path(args.checkpoints) if args.checkpoints else tmp / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for name in tiny:
-            t = bench_tiny(name, TINY_EPOCHS.get(name, 5), args, ckpt_dir, tmp / "tiny")
-            t.update({"date": today, "threads": args.threads, "missing_profiles": missing})
-            old = result["tiny"].get(name) or {}
-            if "runtimes" in t and old.get("epochs") == t["epochs"]:  # keep the runtimes not re-run
-                t["runtimes"] = {**old.get("runtimes", {}), **t["runtimes"]}
-            result["tiny"][name] = t
-        if result["tiny"]:
-            _print_tiny(result["tiny"])
+    run_id = _dt.datetime.now().isoformat(timespec="seconds")
+    with tempfile.TemporaryDirectory(prefix="edgeformer-bench-quantize-ckpt-") as tmp_ckpt:
+        common = [
+            "--one-process",
+            "--run-id",
+            run_id,
+            "--threads",
+            str(args.threads),
+            "--min-runs",
+            str(args.min_runs),
+            "--min-seconds",
+            str(args.min_seconds),
+            "--blocks",
+            str(args.blocks),
+            "--min-speedup",
+            str(args.min_speedup),
+            "--plain",
+            args.plain,
+            "--tiny-runtimes",
+            args.tiny_runtimes,
+            "--checkpoints",
+            args.checkpoints or tmp_ckpt,
+        ]
+        jobs = [("models", m, ["--models", m, "--tiny", "none"]) for m in models]
+        jobs += [("tiny", t, ["--models", "none", "--tiny", t]) for t in tiny]
+        for kind, name, part in jobs:
+            proc = subprocess.run([sys.executable, __file__, *part, *common], check=False)
+            entry = _load()[kind].get(name) or {}
+            if entry.get("run_id") != run_id:  # the child died before saving its entry
+                how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+                failed = {"failed": f"the benchmark process died ({how}) before saving this entry"}
+                if kind == "tiny":
+                    failed["epochs"] = TINY_EPOCHS.get(name, 5)
+                _save(kind, name, {**failed, "date": _dt.date.today().isoformat(), "run_id": run_id})
+                print(f"{name}: {failed['failed']}", flush=True)
+
+    from edgeformer.profiling import machine_info
+
+    result = _load()
+    for name, m in result["models"].items():
+        if "failed" in m:
+            print(f"\n{name}: {m['failed']}")
+        else:
+            _print_model(name, m)
+    if result["tiny"]:
+        _print_tiny(result["tiny"])
     ok_models = {k: v for k, v in result["models"].items() if "failed" not in v}
     result["goals"] = goals({"models": ok_models, "tiny": result["tiny"]})
     _print_goals(result["goals"])
+    result["profiles"] = {f"{rt}_{p}": name for (rt, p), name in PROFILES.items()}
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    result["wall_s_parts"] = {"models": models, "tiny": tiny}
+    result["wall_s_covers"] = {"models": models, "tiny": tiny, "run_id": run_id}
     result["machine"] = machine_info().to_dict()
     result["method"] = (
-        "one process; per 224² model every candidate (all runtimes) in one edgeformer.latency.alternate call "
+        "per 224² model one process, every candidate (all runtimes) in one edgeformer.latency.alternate call "
         "(blocks of calls, 0.1 s pause and one untimed call per block, order reversed every round), batch 1, "
         f"{args.threads} threads everywhere (ORT intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS, "
         "XNNPACK threadpool); ratio = this median / that median (< 1: faster); error against fp32 PyTorch "
         "(the exported graph) on the calibration crops; tiny models: compile(..., calib='digits', eval='digits', "
         "force_approx=True) per runtime, the manifest's approximation block.  Entries of earlier runs of other "
-        "models are kept (each has its date)"
+        "models are kept (each has its date and run_id)"
     )
     print(f"\nwall time {result['wall_s'] / 60:.1f} min")
     print(f"wrote {write_result('quantize', result)}")

@@ -38,7 +38,7 @@ from torch import nn
 import edgeformer
 from edgeformer import accuracy, ir
 from edgeformer.artifact import Artifact
-from edgeformer.data import Dataset, load_data
+from edgeformer.data import Dataset, load_data, probe_inputs
 from edgeformer.device_profiles import (
     DeviceProfile,
     exact_variant,
@@ -330,16 +330,19 @@ class ApproxSettings:
     min_speedup: float
     max_float_layers: int
     force: bool = False
+    probe: Dataset | None = None  # no --calib/--eval: random inputs (errors only)
 
     @property
     def measure_on(self) -> Dataset:
-        """The data the approximation is judged on: --eval, else the calibration set."""
-        return self.eval if self.eval is not None else self.calib
+        """The data the approximation is judged on: --eval, else the calibration set, else the
+        random probe inputs."""
+        return self.eval if self.eval is not None else self.calib if self.calib is not None else self.probe
 
     def key(self) -> dict:
         return {
             "calib": self.calib.sha256 if self.calib else None,
             "eval": self.eval.sha256 if self.eval else None,
+            "probe": self.probe.sha256 if self.probe else None,
             "gates": [self.max_accuracy_drop, self.max_error, self.min_speedup, self.max_float_layers, self.force],
         }
 
@@ -357,7 +360,8 @@ def approx_settings(
     calib_size: int | None = None,
     seed: int = 0,
 ) -> ApproxSettings:
-    """Load --calib/--eval for the plan's model inputs and settle the gates."""
+    """Load --calib/--eval for the plan's model inputs and settle the gates (neither given: the
+    contract judges the approximation on random probe inputs)."""
     graph, a = p.graph, p.profile.approximation
     inputs = [
         TensorSpec(n, s, str(t.dtype).replace("torch.", ""))
@@ -386,6 +390,9 @@ def approx_settings(
         a.min_speedup if min_speedup is None else min_speedup,
         a.max_float_layers,
         force,
+        probe=probe_inputs(graph.example_inputs, graph.input_names, seed=seed)
+        if calib_ds is None and eval_ds is None
+        else None,
     )
 
 
@@ -409,12 +416,15 @@ def approximate(
     folder: Path,
     exact_folder: Path,
     stage: Callable[[str, str], None] = lambda _n, _m: None,
+    keep: Path | None = None,
 ) -> Built:
     """Build the approximate artifact and its exact fp32 twin, judge the approximation on the
     data, restore the most sensitive layers to float until the accuracy gate passes, apply the
     speed gate, and return the artifact that ships (``manifest.approximation`` says which, and why).
 
-    Raises :class:`UserError` when no restore passes the accuracy gate (nothing is written).
+    Raises :class:`UserError` when no restore passes the accuracy gate (nothing is written), and
+    :class:`NumericsError` when, judged on random probe inputs (no data given), the outputs miss the
+    error gate or the profile's [numerics] (the failed build goes to ``keep`` if given).
     """
     target, prof, graph = p.target, p.profile, p.graph
     kind = (
@@ -464,13 +474,29 @@ def approximate(
     ranking: list[tuple[str, float]] = []
     kept: list[str] = []
     restore: list[dict] = []
+    unkeepable: list[str] = []  # layers whose float restore the runtime could not build or load
     while True:
         if calib is not None:
             calib.keep_float = tuple(kept)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         stage("compile", f"{target.name} {kind}" + (f", {len(kept)} layers kept in float" if kept else ""))
-        built = build(p, rewritten, folder, calib if needs else None)
+        try:
+            built = build(p, rewritten, folder, calib if needs else None)
+            if kept and not here:  # a float island can break a delegate (XNNPACK: an invalid squeeze)
+                _run_artifact(target, built, prof, data.subset(1), batch)
+        except UserError as err:
+            if not kept:
+                raise
+            bad = kept.pop()
+            unkeepable.append(bad)
+            restore.append({"kept_float": len(kept) + 1, "layer": bad, "passed": False, "failed": str(err)[:300]})
+            log.info("keeping %s in float breaks the %s build (%s); trying the next layer", bad, target.name, err)
+            remaining = [n for n, _ in ranking if n not in kept and n not in unkeepable]
+            if not remaining or len(kept) + len(unkeepable) >= settings.max_float_layers:
+                break  # the last judged gate (failed) stands
+            kept.append(remaining[0])
+            continue
         emulated = here and prof.options.precision in EMULATED_PRECISIONS and prof.options.compression == "none"
         if here and not emulated:
             block = accuracy.AccuracyBlock(
@@ -508,11 +534,22 @@ def approximate(
         if not ranking:
             stage("verify", "ranking layers by int8 sensitivity on the calibration set")
             ranking = accuracy.sensitivity(rewritten.graph, calib.samples)
-        remaining = [name for name, _ in ranking if name not in kept]
+        remaining = [name for name, _ in ranking if name not in kept and name not in unkeepable]
         if not remaining:
             break
         kept.append(remaining[0])
 
+    if not gate.passed and settings.probe is not None and data is settings.probe:
+        reason = numerics.reason if numerics.status == "failed" else f"{gate.metric} {gate.value} > {gate.limit:g}"
+        kept_note = ""
+        if keep is not None:
+            built.manifest.numerics = numerics
+            write(built, keep, flag="--keep-failed")
+            kept_note = f"the failed build is kept in {keep}; "
+        raise NumericsError(
+            f"{target.name} {kind} outputs disagree with the exact fp32 model: {reason}",
+            kept_note + _numerics_fix(prof.options.precision, numerics),
+        )
     scores = dict(ranking)
     top = [{"layer": n, "source": sources.get(n, ""), "score": round(sc, 6)} for n, sc in ranking[:8]]
     if not gate.passed:
@@ -520,7 +557,10 @@ def approximate(
             ranking = accuracy.sensitivity(rewritten.graph, calib.samples)
         worst = ", ".join(f"{n} ({sources.get(n) or '?'})" for n, _ in ranking[:3])
         restored = f" after keeping {len(kept)} layers in float" if kept else ""
-        value = "not finite" if gate.value is None else f"{gate.value:.4g} > {gate.limit:g}"
+        if unkeepable:
+            restored += f" ({len(unkeepable)} more would not build or load in float: {', '.join(unkeepable[:3])})"
+        below = gate.name == "numerics"  # a cosine floor; the other gates are ceilings
+        value = "not finite" if gate.value is None else f"{gate.value:.4g} {'<' if below else '>'} {gate.limit:g}"
         raise UserError(
             f"{kind} fails the accuracy gate{restored}: {gate.metric} {value} ({gate.detail})"
             + (f"; most sensitive layers: {worst}" if worst else "; it has no per-layer fallback"),
@@ -707,7 +747,14 @@ def compile(  # noqa: A001 - the public verb
 
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     prof, target = resolve_target(with_precision(prof, precision))
-    contract = is_approximate(prof) and (target.needs_calibration(prof) or calib is not None or eval is not None)
+    # The contract runs on every approximate compile whose artifact and exact twin run here: with
+    # --calib/--eval on that data, else on random probe inputs (errors and the speed gate, no
+    # accuracy).  Device profiles without data keep the plain verify (emulated where it can be).
+    probe_only = calib is None and eval is None and target.can_run_here(prof) is None
+    probe_only = probe_only and target.can_verify_here(prof) is None and not target.needs_calibration(prof)
+    contract = is_approximate(prof) and (
+        target.needs_calibration(prof) or calib is not None or eval is not None or probe_only
+    )
     if target.needs_calibration(prof) and calib is None:
         raise UserError(
             f"profile {prof.name} quantizes to {prof.options.precision}, which needs calibration data",
@@ -771,7 +818,7 @@ def compile(  # noqa: A001 - the public verb
     if settings is not None:
         tmp_exact = make_temp_dir(f".{out_dir.name}.exact-", out_dir.parent)
         try:
-            built = approximate(p, rewritten, settings, tmp, tmp_exact, stage)
+            built = approximate(p, rewritten, settings, tmp, tmp_exact, stage, keep=keep)
             stage("write", str(out_dir))
             built.manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
             write(built, out_dir)

@@ -250,6 +250,36 @@ def parse_preprocess(text: str) -> Preprocess:
 # ---------------------------------------------------------------------------------- load_data
 
 
+PROBE = "random inputs"
+
+
+def probe_inputs(example_inputs: Sequence[Tensor], input_names: Sequence[str], n: int = 8, seed: int = 0) -> Dataset:
+    """The data an approximation is judged on when no --calib/--eval was given: the model's example
+    inputs and ``n - 1`` seeded draws like them (standard normal for float inputs, uniform over the
+    example's range for integer ones), unlabelled.  Output error and agreement only: random inputs
+    say nothing about accuracy."""
+    gen = torch.Generator().manual_seed(seed)
+    arrays = []
+    for ex in example_inputs:
+        draws = [ex.detach()]
+        for _ in range(n - 1):
+            if ex.dtype.is_floating_point:
+                draws.append(torch.randn(ex.shape, generator=gen, dtype=torch.float32).to(ex.dtype))
+            else:
+                lo, hi = int(ex.min()), int(ex.max())
+                draws.append(torch.randint(lo, hi + 1, ex.shape, generator=gen, dtype=ex.dtype))
+        arrays.append(torch.cat(draws).numpy())
+    return Dataset(
+        name=f"{PROBE} (no --calib/--eval: the example inputs and {n - 1} seeded draws like them)",
+        source=PROBE,
+        role="calib",
+        inputs=arrays,
+        labels=None,
+        note="errors against the exact model only; pass --eval with labelled data to measure accuracy",
+        input_names=list(input_names),
+    )
+
+
 def load_data(
     src: str | os.PathLike,
     *,

@@ -122,3 +122,15 @@ def quiet_sdk(*loggers: str) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
         if bars.getvalue():
             _log.debug("%s", bars.getvalue()[-2000:])
+
+
+def cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (Linux ``/proc/cpuinfo``); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

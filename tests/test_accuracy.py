@@ -204,6 +204,34 @@ def test_random_weights_report_errors_but_no_agreement(tmp_path):
     assert acc["cosine"] is not None and acc["max_abs_error"] is not None
 
 
+def test_fp16_without_data_is_judged_on_random_probe_inputs_and_speed_gated(tmp_path):
+    """No --calib/--eval: the contract still runs on a host profile (errors, the error gate, the
+    speed gate), on the example inputs plus seeded draws, and never calls anything accuracy."""
+    report = compiler.compile(MODEL, "host-ort-fp16", tmp_path / "p", use_cache=False)
+    m = report.manifest
+    a = m.approximation
+    assert a is not None and a.kind == "precision fp16" and a.speed["measured"]
+    assert a.accuracy["data"]["source"] == "random inputs" and a.accuracy["samples"] == 8
+    assert a.accuracy.get("reference_top1") is None and a.accuracy["cosine"] > 0.995
+    assert [g["name"] for g in a.gates] == ["error"] and a.gates[0]["passed"]
+    # whichever ships, the manifest says which, and the artifact is that precision
+    shipped = {"approximate": "fp16", "exact": "fp32"}[a.shipped]
+    assert m.profile.options.precision == shipped, a.reason
+    assert m.numerics.status == "passed"
+
+
+def test_fp16_numerics_failure_on_probe_inputs_keeps_the_failed_build_when_asked(tmp_path):
+    from edgeformer.device_profiles import load_profile
+    from edgeformer.errors import NumericsError
+
+    profile = load_profile("host-ort-fp16")
+    profile.numerics.atol, profile.numerics.rtol, profile.numerics.scale_rtol = 1e-9, 0.0, 0.0
+    with pytest.raises(NumericsError, match="outputs disagree with the exact fp32 model") as err:
+        compiler.compile(MODEL, profile, tmp_path / "o", keep_failed=tmp_path / "kept", use_cache=False)
+    assert "fp16's rounding or range" in err.value.fix and str(tmp_path / "kept") in err.value.fix
+    assert not (tmp_path / "o").exists() and read_manifest(tmp_path / "kept").numerics.status == "failed"
+
+
 def test_precision_flag_picks_the_shipped_sibling_profile():
     from edgeformer.device_profiles import load_profile, with_precision
 

@@ -407,32 +407,6 @@ def _has_batch_norm(module) -> bool:
     return any(n.op == "call_function" and "batch_norm" in _base(n.target) for n in module.graph.nodes)
 
 
-def _quantizer(config, keep: frozenset[str], batch_norm: bool):
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
-    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
-
-    class KeepFloat(XNNPACKQuantizer):
-        """XNNPACKQuantizer that leaves the ``keep`` nodes unannotated (float compute, float weights).
-        Annotations are removed after annotating and before shared ranges are propagated, so the
-        neighbours of a kept layer stay quantized.  Without batch norms in the graph (the rewritten
-        IR folds them) the conv+bn patterns are skipped: matching them traces 12 pattern graphs,
-        seconds of work that can find nothing."""
-
-        if not batch_norm:
-            SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if "_bn" not in p.name]
-
-        def annotate(self, model):
-            model = self._annotate_for_quantization_config(model)
-            for node in model.graph.nodes:
-                if node.name in keep:
-                    node.meta.pop(Q_ANNOTATION_KEY, None)
-            propagate_annotation(model)
-            return model
-
-    return KeepFloat().set_global(config)
-
-
 @dataclass
 class W8A8:
     program: object  # the quantized ExportedProgram (ATen inference dialect)
@@ -448,6 +422,8 @@ def quantize_activations(graph, calibration, drop_identity_ops) -> W8A8:
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from ..executorch.quantize import keep_float_quantizer  # the same XNNPACK quantizer, keep-float aware
+
     module = graph.program.module()
     names = {n.name for n in module.graph.nodes if n.op == "call_function"}
     wanted = tuple(calibration.keep_float)
@@ -455,7 +431,9 @@ def quantize_activations(graph, calibration, drop_identity_ops) -> W8A8:
     unmatched = [n for n in wanted if n not in names]
     config, observer = _config(calibration.method)
     try:
-        prepared = prepare_pt2e(copy.deepcopy(module), _quantizer(config, frozenset(kept), _has_batch_norm(module)))
+        prepared = prepare_pt2e(
+            copy.deepcopy(module), keep_float_quantizer(config, frozenset(kept), _has_batch_norm(module))
+        )
     except Exception as err:  # noqa: BLE001 - the quantizer's pattern matching on an unusual graph
         raise UserError(
             f"Core ML W8A8: the PT2E quantizer could not prepare {graph.name}: {first_line(err)}",

@@ -600,12 +600,12 @@ class ExecuTorchTarget(Target):
         checks = {}
         if quant is not None:
             details["quantization"] = quant
-            checks["int8_delegated"] = quant["int8_ops"] > 0
+            checks["int8_delegated"] = quant["int8_op_count"] > 0
             log.info(
                 "executorch int8 (%s): %d int8 ops in XNNPACK, %d conv/linear float, %d ops outside the delegate",
                 quant["mode"],
-                quant["int8_ops"],
-                quant["float_ops"],
+                quant["int8_op_count"],
+                quant["float_op_count"],
                 quant["fallbacks"],
             )
         return CompileResult(files=["model.pte"], details=details, structural_checks=checks)

@@ -111,7 +111,9 @@ def _config(mode: str, method: str, per_channel: bool):
     return dataclasses.replace(config, input_activation=act, output_activation=act), name
 
 
-def _quantizer(config, keep: frozenset[str], batch_norms: bool):
+def keep_float_quantizer(config, keep: frozenset[str], batch_norms: bool):
+    """XNNPACK's PT2E quantizer with ``config``, leaving the ``keep`` nodes in float (also the Core ML
+    W8A8 path's quantizer, ``targets/coreml/compress.py``)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
@@ -152,7 +154,7 @@ def quantize(graph, calibration, mode: str, per_channel: bool = True):
     config, observer = _config(mode, calibration.method, per_channel)
     module = copy.deepcopy(graph.program.module())
     try:
-        prepared = prepare_pt2e(module, _quantizer(config, frozenset(kept), _has_batch_norm(graph)))
+        prepared = prepare_pt2e(module, keep_float_quantizer(config, frozenset(kept), _has_batch_norm(graph)))
     except Exception as err:  # noqa: BLE001 - the quantizer's pattern matching on an unusual graph
         raise UserError(
             f"ExecuTorch int8: XNNPACK's quantizer could not prepare {graph.name}: {first_line(err)}",
@@ -312,10 +314,11 @@ def int8_placement(edge_program, mode: str, layers: set[str] = frozenset()) -> d
             if gemm(node):
                 left_float(node)
     return {
-        "int8_ops": sum(int8.values()),
-        "int8_op_types": dict(sorted(int8.items())),
-        "float_ops": sum(float_gemm.values()),
-        "float_op_types": dict(sorted(float_gemm.items())),
+        # the same keys as the ORT and OpenVINO int8 paths: op type -> count, and the totals
+        "int8_ops": dict(sorted(int8.items())),
+        "float_ops": dict(sorted(float_gemm.items())),
+        "int8_op_count": sum(int8.values()),
+        "float_op_count": sum(float_gemm.values()),
         "float_layers": float_layers,
         "fallbacks": sum(fallback.values()),
         "fallback_op_types": dict(sorted(fallback.items())),

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._support import cpu_flags
 from .blocked import NCHWC_DOMAIN
 
 # ONNX TensorProto element types that are floating point, by the names the manifest uses.
@@ -149,21 +150,10 @@ def nchwc_block() -> str:
     """This CPU's NCHWc block as ONNX Runtime's MLAS picks it (the channels one block holds)."""
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
-        flags = _cpu_flags()
+        flags = cpu_flags()
         if not flags:
             return "x86-64: MLAS's block for this CPU (8 channels, 16 with AVX-512)"
         if "avx512f" in flags:
             return "x86-64 with AVX-512: 16-channel blocks"
         return "x86-64 without AVX-512: 8-channel blocks"
     return f"{machine}: blocks of MLAS's size for this CPU"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()

@@ -62,7 +62,10 @@ import numpy as np
 
 from edgeformer.errors import UserError
 
+from .._support import cpu_flags
 from ..base import QUANTIZABLE_OPS, Calibration, quantizable_layers
+
+log = logging.getLogger(__name__)
 
 BACKEND = "onnxruntime.quantization"
 # ONNX ops that compute in float unless quantized: what int8 should replace, counted when left float.
@@ -120,15 +123,16 @@ def profile_arch(profile) -> str:
     return {"amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def cpu_flags() -> set[str]:
+def _pre_process(quant_pre_process, src: Path, dst: Path, info: dict, **kw) -> None:
+    """``quant_pre_process``; where ORT's symbolic shape inference crashes on the model (it did on
+    ecoformer_pvt_v2_tiny, a ``TypeError`` in ``symbolic_shape_infer.py``), again with ONNX's own
+    shape inference only, which is all the quantizer needs for a static-shape export."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        quant_pre_process(str(src), str(dst), **kw)
+    except Exception as err:  # noqa: BLE001 - ORT's shape inference raises anything; retried once
+        log.info("quant_pre_process: symbolic shape inference failed (%s); retrying without it", err)
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
+        info["symbolic_shape_inference"] = f"skipped: it failed on this model ({type(err).__name__}: {err})"[:300]
 
 
 def int8_scheme(profile) -> Int8Scheme:
@@ -267,6 +271,16 @@ def _exclusions(names: list[str], model) -> list[str]:
     """The nodes of ``model`` (after ORT's pre-processing) that are, or were fused from, ``names``."""
     wanted = set(names)
     return [n.name for n in model.graph.node if n.name in wanted or n.name.split("/", 1)[0] in wanted]
+
+
+def _batched_weight_matmuls(model) -> list[str]:
+    """MatMul nodes whose constant B has more than 2 dimensions (EcoFormer's hash projections,
+    ``[heads, d, bits]``): quantized per channel they become a QLinearMatMul that ORT refuses to run
+    ("weight zero point must be a scalar, 1D tensor of size 1, or last to second dimension is 1")."""
+    dims = {t.name: len(t.dims) for t in model.graph.initializer}
+    return [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and dims.get(n.input[1], 2) > 2
+    ]
 
 
 # ------------------------------------------------------------------------------------ quantizing
@@ -554,13 +568,17 @@ def quantize_int8(graph, onnx_path: Path, profile, calibration: Calibration) -> 
             split = _split_gemms(model)
             onnx.save(model, str(work / "split.onnx"))
             # no ORT optimization here: it would fuse MatMul + Add back into Gemm
-            quant_pre_process(str(work / "split.onnx"), str(pre), skip_optimization=True)
+            _pre_process(quant_pre_process, work / "split.onnx", pre, info, skip_optimization=True)
             info["gemms_split"] = split
         else:
-            quant_pre_process(str(onnx_path), str(pre))
+            _pre_process(quant_pre_process, onnx_path, pre, info)
         pre_model = onnx.load(str(pre))
         exclude = _exclusions(onnx_kept, pre_model)
         info["onnx_nodes_kept_float"] = exclude
+        batched = _batched_weight_matmuls(pre_model)
+        if batched:  # ORT's QLinearMatMul takes a per-channel zero point only for a 2-D weight
+            info["matmuls_with_batched_weights_kept_float"] = batched
+            exclude = [*exclude, *(n for n in batched if n not in exclude)]
         out = work / "int8.onnx"
         if mode == "dynamic":
             quantize_dynamic(

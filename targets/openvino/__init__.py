@@ -44,7 +44,7 @@ from edgeformer.errors import UserError, first_line
 from edgeformer.ir import source_path
 from edgeformer.passes import PIPELINES, Pipeline
 
-from .._support import input_shapes, node_sources, unsupported_op_error
+from .._support import cpu_flags, input_shapes, node_sources, unsupported_op_error
 from ..base import CompileResult, OpProfile, OpTime, Runner, Target
 from . import quantize as q
 
@@ -350,7 +350,7 @@ class OpenVinoTarget(Target):
         _prepare(model, graph)
         quantization = None
         if int8:
-            fix = q.overflow_fix(q.cpu_flags() if device == "CPU" else None)
+            fix = q.overflow_fix((cpu_flags() or None) if device == "CPU" else None)
             model, quantization = q.quantize(model, graph, decomposed, calibration, device, fix)
         _name(model, graph, decomposed)
         compress = opts.precision == "fp16"

@@ -109,18 +109,6 @@ def overflow_fix(cpu_flags: Iterable[str] | None) -> str:
     return "FIRST_LAYER"
 
 
-def cpu_flags() -> set[str] | None:
-    """This machine's CPU feature flags (Linux ``/proc/cpuinfo``), None where unreadable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
 def check_calibration(calibration: Calibration | None, profile_name: str) -> Calibration:
     if calibration is None or not calibration.samples:
         raise UserError(
@@ -238,6 +226,8 @@ def runtime_precisions(compiled, kept_ops: Sequence[str] = ()) -> tuple[dict, di
     counts = {
         "int8_ops": {k: v for k, v in int8.items() if v},
         "float_ops": {k: v for k, v in flt.items() if v},
+        "int8_op_count": sum(int8.values()),
+        "float_op_count": sum(flt.values()),
         "float_convs_not_kept": float_convs,
         "kept_float_convs": kept_convs,
     }

@@ -167,6 +167,37 @@ def tunable_functions(mod) -> dict[str, tuple[list[str], object]]:
 # ---------------------------------------------------------------------------------- design spaces
 
 
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (``TuneContext`` does, to register the intrinsics) without
+    its cost in a process that has torch and the other runtimes loaded.
+
+    Each of its hundreds of ``@T.prim_func`` calls ``inspect.stack()``, which asks
+    ``inspect.getmodule`` for every frame; for a frame of a frozen module (``<frozen importlib...>``,
+    a dozen per nested import) that scans all of ``sys.modules`` and finds nothing, twice.  With
+    ~10⁴ modules loaded that import took 272 s of a 19-minute test run (54 s in a fresh CLI
+    process).  Such frames have no source either way, so answering None for them at once changes
+    nothing TVM sees.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    original = inspect.getmodule
+
+    def getmodule(obj, _filename=None):
+        name = _filename or getattr(getattr(obj, "f_code", None), "co_filename", None)
+        if isinstance(name, str) and name.startswith("<") and name.endswith(">"):
+            return None
+        return original(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the intrinsics
+    finally:
+        inspect.getmodule = original
+
+
 class Space:
     """MetaSchedule design spaces of one workload, replayable with given decisions.
 
@@ -178,6 +209,7 @@ class Space:
     def __init__(self, func, target, threads: int):
         from tvm.s_tir import meta_schedule as ms
 
+        import_tensor_intrinsics()
         self.workload = as_workload(func)
         gen = ms.space_generator.PostOrderApply(sch_rules="from-target", postprocs="from-target", mutator_probs={})
         ctx = ms.TuneContext(

@@ -181,3 +181,24 @@ def test_auto_mode_rule():
     assert choose_mode("auto", _onnx("Conv", "MatMul", "Gemm"))[0] == "static"
     assert choose_mode("auto", _onnx("MatMul", "Gemm", "Add"))[0] == "dynamic"
     assert choose_mode("dynamic", _onnx("Conv"))[0] == "dynamic"
+
+
+def test_ecoformer_quantizes_where_ort_shape_inference_crashes_and_keeps_batched_weight_matmuls_float(tmp_path):
+    """EcoFormer's hash projections are MatMuls with 3-D constant weights: ORT's symbolic shape
+    inference crashed on the model (a TypeError), and per-channel QLinearMatMul refuses them at run
+    time.  Structure and numerics, random weights."""
+    torch.manual_seed(0)
+    m = _model("ecoformer_pvt_v2_tiny", None)
+    result = TARGET.compile(m.graph, load_profile(PROFILE), tmp_path, calibration=_calibration(m, None))
+    q = result.details["quantization"]
+    assert q["symbolic_shape_inference"].startswith("skipped: it failed on this model")
+    batched = q["matmuls_with_batched_weights_kept_float"]
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    kept = [n for n in model.graph.node if n.name in batched]
+    assert batched and len(kept) == len(batched)  # e.g. the hash projections, one per attention
+    assert all(n.op_type == "MatMul" and n.input[1] in floats and n.input[1] not in producer for n in kept)
+    assert q["int8_op_count"] > 0
+    got = _outputs(tmp_path, load_profile(PROFILE), m).ravel()
+    assert got @ m.logits.ravel() / np.linalg.norm(got) / np.linalg.norm(m.logits) >= 0.99
