@@ -58,6 +58,8 @@ import numpy as np
 
 from edgeformer.errors import UserError, first_line
 
+from ..executorch.quantize import keep_float_quantizer  # the same XNNPACK quantizer, keep-float aware
+
 log = logging.getLogger(__name__)
 
 SCHEMES = {
@@ -421,8 +423,6 @@ def quantize_activations(graph, calibration, drop_identity_ops) -> W8A8:
 
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from ..executorch.quantize import keep_float_quantizer  # the same XNNPACK quantizer, keep-float aware
 
     module = graph.program.module()
     names = {n.name for n in module.graph.nodes if n.op == "call_function"}
