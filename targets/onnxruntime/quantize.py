@@ -273,6 +273,21 @@ def _exclusions(names: list[str], model) -> list[str]:
     return [n.name for n in model.graph.node if n.name in wanted or n.name.split("/", 1)[0] in wanted]
 
 
+def _quantizer_call(model_name: str, fn, *args, **kwargs) -> None:
+    """``quantize_static`` with its failures as one line: it raises bare ValueErrors on graphs it
+    cannot handle (poolformer_tiny without fold_norm_affine: "Quantization parameter shared mode is
+    not supported for weight yet")."""
+    try:
+        fn(*args, **kwargs)
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise UserError(
+            f"onnxruntime.quantization cannot quantize {model_name}: {type(err).__name__}: {err}".splitlines()[0],
+            "keep the default passes (a dropped pass can leave a graph its quantizer refuses), try "
+            'quantization_mode = "dynamic" or another int8 target (host-openvino-int8, host-executorch-int8), '
+            "or compile fp32",
+        ) from err
+
+
 def _batched_weight_matmuls(model) -> list[str]:
     """MatMul nodes whose constant B has more than 2 dimensions (EcoFormer's hash projections,
     ``[heads, d, bits]``): quantized per channel they become a QLinearMatMul that ORT refuses to run
@@ -597,7 +612,9 @@ def quantize_int8(graph, onnx_path: Path, profile, calibration: Calibration) -> 
             ranges, cache, hit = _ranges(pre, inputs, calibration, onnx_bytes, work)
             info["calibrate_s"] = round(time.perf_counter() - t0, 3)
             # Ranges always come from the file, computed now or cached: the same bytes either way.
-            quantize_static(
+            _quantizer_call(
+                graph.name,
+                quantize_static,
                 str(pre),
                 str(out),
                 None,

@@ -202,3 +202,14 @@ def test_ecoformer_quantizes_where_ort_shape_inference_crashes_and_keeps_batched
     assert q["int8_op_count"] > 0
     got = _outputs(tmp_path, load_profile(PROFILE), m).ravel()
     assert got @ m.logits.ravel() / np.linalg.norm(got) / np.linalg.norm(m.logits) >= 0.99
+
+
+def test_a_graph_the_quantizer_refuses_is_one_line_naming_the_fix(tmp_path):
+    """Without fold_norm_affine, quantize_static raises a bare ValueError on poolformer_tiny."""
+    from edgeformer.compiler import compile as compile_model
+
+    with pytest.raises(UserError, match="onnxruntime.quantization cannot quantize poolformer_tiny") as err:
+        compile_model(
+            "poolformer_tiny", PROFILE, tmp_path / "o", calib="digits", calib_size=8, passes="-fold_norm_affine"
+        )
+    assert "keep the default passes" in err.value.fix and not (tmp_path / "o").exists()
