@@ -439,12 +439,14 @@ def approximate(
     # The exact twin: same model and pipeline edits, fp32.  It is the speed baseline and what ships
     # when the approximation does not pay.
     exact_prof = exact_variant(prof)
-    exact_default = target.default_pipeline(exact_prof)
-    exact_pipeline = (
-        p.pipeline  # with the caller's --passes edits
-        if exact_default == target.default_pipeline(prof)
-        else exact_default.edited(prof.pipeline.add, prof.pipeline.drop, None)
-    )
+    exact_default, approx_default = target.default_pipeline(exact_prof), target.default_pipeline(prof)
+    if exact_default == approx_default:
+        exact_pipeline = p.pipeline  # with the caller's --passes edits
+    elif exact_default.names == approx_default.names:  # only pass options differ (ORT int8's pool mixer)
+        options = {k: v for k, v in exact_default.options.items() if k in p.pipeline.names}
+        exact_pipeline = Pipeline(p.pipeline.names, options)  # the caller's --passes edits kept
+    else:
+        exact_pipeline = exact_default.edited(prof.pipeline.add, prof.pipeline.drop, None)
     exact_plan = Plan(p.source, exact_prof, target, exact_pipeline, p.cache_key)
     exact_rw = rewritten if exact_pipeline == p.pipeline else rewrite(exact_plan)
     stage("compile", f"{target.name} exact fp32 twin (the reference artifact)")

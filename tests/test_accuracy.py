@@ -232,6 +232,29 @@ def test_fp16_numerics_failure_on_probe_inputs_keeps_the_failed_build_when_asked
     assert not (tmp_path / "o").exists() and read_manifest(tmp_path / "kept").numerics.status == "failed"
 
 
+def test_the_exact_twin_keeps_the_callers_pass_edits_where_only_pass_options_differ(tmp_path):
+    """ORT int8's pipeline differs from fp32's only in fold_pool_mixer's form; the exact twin that
+    ships when the speed gate says no (min_speedup 100 makes it say no) must keep ``--passes``."""
+    from edgeformer.device_profiles import load_profile
+    from edgeformer.targets import get_target
+
+    ort = get_target("onnxruntime")
+    assert ort.default_pipeline(load_profile("host-ort-int8")).names == ort.pipeline.names
+    report = compiler.compile(
+        MODEL,
+        "host-ort-int8",
+        tmp_path / "t",
+        calib="digits",
+        calib_size=8,
+        min_speedup=100,
+        passes="-fold_layer_scale",
+    )
+    m = report.manifest
+    assert m.approximation.shipped == "exact" and m.profile.options.precision == "fp32"
+    names = [r.name for r in m.passes]
+    assert "fold_layer_scale" not in names and "fold_pool_mixer" in names
+
+
 def test_precision_flag_picks_the_shipped_sibling_profile():
     from edgeformer.device_profiles import load_profile, with_precision
 
