@@ -26,7 +26,7 @@ one and calls the pieces here:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -209,6 +209,9 @@ class SpeedGate:
     forced: bool = False
     method: str = ""  # how the two were timed
     note: str = ""
+    # the runtime's own default float precisions (OpenVINO bf16), timed in the same run: precision ->
+    # {median_ms, p90_ms, approx_speedup (its median / the approximation's)}; informative, not a gate
+    runtime_defaults: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,17 +226,28 @@ def speed_gate(
     min_runs: int = 40,
     min_seconds: float = 1.0,
     blocks: int = 8,
+    others: Mapping[str, Runner] | None = None,
 ) -> SpeedGate:
-    """Time both artifacts on this machine in alternating blocks; pass at ``min_speedup``."""
+    """Time both artifacts on this machine in alternating blocks; pass at ``min_speedup``.
+
+    ``others`` (name -> runner, e.g. OpenVINO's bf16 default) are timed in the same blocks and
+    reported in ``runtime_defaults``; they do not decide the gate."""
     inputs = list(inputs)
-    samples = alternate(
-        {"exact": lambda: exact.run(inputs), "approx": lambda: approx.run(inputs)},
-        min_runs=min_runs,
-        min_seconds=min_seconds,
-        blocks=blocks,
-    )
+    others = dict(others or {})
+    candidates = {"exact": lambda: exact.run(inputs), "approx": lambda: approx.run(inputs)}
+    for name, runner in others.items():
+        candidates[f"other:{name}"] = lambda r=runner: r.run(inputs)
+    samples = alternate(candidates, min_runs=min_runs, min_seconds=min_seconds, blocks=blocks)
     e, a = LatencyStats.from_samples(samples["exact"]), LatencyStats.from_samples(samples["approx"])
     speedup = e.median_ms / a.median_ms if a.median_ms > 0 else float("inf")
+    defaults = {}
+    for name in others:
+        o = LatencyStats.from_samples(samples[f"other:{name}"])
+        defaults[name] = {
+            "median_ms": round(o.median_ms, 4),
+            "p90_ms": round(o.p90_ms, 4),
+            "approx_speedup": round(o.median_ms / a.median_ms, 3) if a.median_ms > 0 else None,
+        }
     return SpeedGate(
         measured=True,
         exact_median_ms=round(e.median_ms, 4),
@@ -244,6 +258,7 @@ def speed_gate(
         min_speedup=min_speedup,
         passed=speedup >= min_speedup,
         method=f"alternating blocks ({blocks}+ per side, one untimed call each), this machine",
+        runtime_defaults=defaults,
     )
 
 

@@ -577,13 +577,32 @@ def approximate(
     else:
         stage("verify", f"speed gate: {kind} against exact fp32, alternating blocks")
         first = next(iter(data.batches(batch)))[0]
+        defaults = target.runtime_default_precisions(prof)
+        if defaults:
+            stage("verify", f"speed gate: also timing {target.name}'s own default {', '.join(defaults)}")
         r_exact = target.load(Artifact(exact.folder, exact.manifest, exact_prof))
         r_approx = target.load(Artifact(built.folder, built.manifest, prof))
+        others, skipped, scratch = {}, {}, []
         try:
-            speed = accuracy.speed_gate(r_exact, r_approx, first, min_speedup=settings.min_speedup)
+            for precision in defaults:
+                try:
+                    others[precision] = _default_twin(exact_plan, exact_rw, precision, exact_folder.parent, scratch)
+                except UserError as err:
+                    skipped[precision] = f"not timed: {err}"
+            speed = accuracy.speed_gate(r_exact, r_approx, first, min_speedup=settings.min_speedup, others=others)
         finally:
-            r_exact.close()
-            r_approx.close()
+            for r in (r_exact, r_approx, *others.values()):
+                r.close()
+            for d in scratch:
+                shutil.rmtree(d, ignore_errors=True)
+        speed.runtime_defaults.update({k: {"note": v} for k, v in skipped.items()})
+        for precision, row in speed.runtime_defaults.items():
+            if row.get("approx_speedup") is not None and row["approx_speedup"] < settings.min_speedup:
+                speed.note = (
+                    f"{kind} ran {row['approx_speedup']:.2f}x {target.name}'s own {precision} default "
+                    f"({row['median_ms']:.3f} ms), less than {settings.min_speedup:g}x: {precision} may serve as "
+                    f"well at less error (--precision {precision}); the gate itself is against exact fp32"
+                )
         speed.forced = settings.force
 
     calib_dict = calib.to_dict() if calib is not None and needs else None
@@ -620,6 +639,23 @@ def approximate(
     built.manifest.numerics = numerics
     built.manifest.approximation = report
     return built
+
+
+def _default_twin(exact_plan: Plan, exact_rw: Rewritten, precision: str, parent: Path, scratch: list[Path]):
+    """A runner of the exact model at the runtime's own default ``precision`` (OpenVINO bf16), for the
+    speed gate's report; built in a scratch folder under ``parent`` (appended to ``scratch``)."""
+    prof = exact_plan.profile
+    twin = dataclasses.replace(
+        prof,
+        name=f"{prof.name} ({precision}, the runtime's default)",
+        options=dataclasses.replace(prof.options, precision=precision),
+    )
+    folder = Path(tempfile.mkdtemp(prefix=f".{precision}-twin-", dir=parent))
+    scratch.append(folder)
+    built = build(
+        Plan(exact_plan.source, twin, exact_plan.target, exact_plan.pipeline, exact_plan.cache_key), exact_rw, folder
+    )
+    return exact_plan.target.load(Artifact(built.folder, built.manifest, twin))
 
 
 def _approx_numerics(

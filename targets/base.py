@@ -250,6 +250,12 @@ class Target(ABC):
         """Everything besides the IR and versions that changes the compiled files."""
         return profile.options.to_dict()
 
+    def runtime_default_precisions(self, profile: DeviceProfile) -> tuple[str, ...]:
+        """Float precisions other than fp32 that this runtime picks by itself on the profile's device
+        when a user sets none (OpenVINO: bf16 on CPUs with BF16).  An approximate artifact's speed is
+        also reported against those, since they are what the runtime's plain user gets.  () here."""
+        return ()
+
     def needs_calibration(self, profile: DeviceProfile) -> bool:
         """True when compiling ``profile`` needs calibration data (an int8 artifact, W8A8 Core ML)."""
         return profile.options.precision in self.calibrated_precisions

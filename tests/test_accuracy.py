@@ -94,6 +94,33 @@ def test_int8_on_a_tiny_model_is_refused_by_the_speed_gate_with_both_medians(tmp
     assert m.numerics.status == "passed"
 
 
+def test_openvino_int8_speed_gate_also_times_openvinos_own_bf16_default_where_the_cpu_has_it(tmp_path, trained):
+    """OpenVINO runs bf16 by itself on CPUs with BF16, so int8 is also timed against that, in the
+    same alternating blocks; where the CPU has no BF16 nothing but fp32 is compared."""
+    import openvino as ov
+
+    from edgeformer.device_profiles import load_profile
+    from edgeformer.targets import get_target
+    from edgeformer.targets.openvino import check_precision
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = check_precision("CPU", "bf16", caps) is None
+    target = get_target("openvino")
+    assert target.runtime_default_precisions(load_profile("host-openvino-int8")) == (("bf16",) if has_bf16 else ())
+    assert target.runtime_default_precisions(load_profile("host-openvino")) == ()
+    assert get_target("onnxruntime").runtime_default_precisions(load_profile("host-ort-int8")) == ()
+    report = _compile(tmp_path, trained(MODEL), profile="host-openvino-int8", force_approx=True)
+    sp = report.manifest.approximation.speed
+    assert sp["measured"] and sp["exact_median_ms"] > 0
+    if has_bf16:
+        row = sp["runtime_defaults"]["bf16"]
+        assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"]
+        assert row["approx_speedup"] == pytest.approx(row["median_ms"] / sp["approx_median_ms"], rel=1e-2)
+    else:
+        assert sp["runtime_defaults"] == {}
+    assert not list(tmp_path.glob(".*twin*"))  # the bf16 twin's scratch folder is gone
+
+
 def test_force_approx_ships_the_int8_model_and_says_so(tmp_path, trained):
     report = _compile(tmp_path, trained(MODEL), eval="digits", force_approx=True)
     a = report.manifest.approximation

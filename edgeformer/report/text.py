@@ -271,6 +271,17 @@ def approximation_block(a, console) -> None:
             f"needed {sp['min_speedup']:g}x",
             markup=False,
         )
+        for precision, row in (sp.get("runtime_defaults") or {}).items():
+            if row.get("median_ms") is None:
+                console.print(f"  against the runtime's {precision} default: {row.get('note', '')}", markup=False)
+                continue
+            console.print(
+                f"  against the runtime's own {precision} default: {row['median_ms']:.3f} ms (median), "
+                f"{a.kind.split()[-1]} {row['approx_speedup']:.2f}x its speed",
+                markup=False,
+            )
+        if sp.get("note"):
+            console.print(f"  note: {sp['note']}", markup=False)
     else:
         console.print(f"  speed gate: {sp.get('note') or 'not measured'}", markup=False)
     colour = "green" if a.shipped == "approximate" else "yellow"

@@ -405,10 +405,102 @@ def _lower(graph, partitioner: str, precision: str = "fp32", program=None):
             partitioners = [XnnpackPartitioner()]
     if program is None:
         program = _half_program(graph) if precision == "fp16" else graph.program
+    if partitioner == "xnnpack":
+        program = softmax_as_2d(program)
     try:
         return to_edge_transform_and_lower(program, partitioner=partitioners)
     except Exception as err:  # noqa: BLE001 - SpecViolationError and friends
         raise _lowering_error(graph, err, "lower") from err
+
+
+# Ops that end XNNPACK's channels-last (NHWC) tagging on the way back from a softmax: past them the
+# tensor is in NCHW order again (reshapes, permutes and matmuls need it).
+_LAYOUT_BARRIERS = (
+    "view",
+    "reshape",
+    "_unsafe_view",
+    "permute",
+    "transpose",
+    "bmm",
+    "matmul",
+    "mm",
+    "linear",
+    "addmm",
+    "expand",
+    "flatten",
+    "unsqueeze",
+    "squeeze",
+    "cat",
+    "split",
+    "slice",
+    "select",
+)
+
+
+def _after_conv(node, depth: int = 12) -> bool:
+    """True when ``node`` comes from a convolution through layout-preserving ops only (elementwise,
+    q/dq, clone): the tensors XNNPACK's ChannelsLastTaggedReshapePass keeps in NHWC."""
+    frontier, seen = [node], set()
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            if n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            base = op_name(n.target).split(".")[-1]
+            if base in ("convolution", "conv2d", "conv1d"):
+                return True
+            if base in _LAYOUT_BARRIERS:
+                continue
+            nxt.extend(n.all_input_nodes)
+        frontier = nxt
+    return False
+
+
+def softmax_as_2d(program):
+    """``program`` with every last-axis softmax of a rank-4 conv output taken on a 2-D view.
+
+    ExecuTorch 1.5.1's XNNPACK delegate computes such a softmax along the wrong axis: its
+    ChannelsLastTaggedReshapePass keeps the conv output in NHWC, and the softmax is then taken over
+    memory's last axis (channels) instead of W.  Measured: Conv2d(4, 4, 1) → softmax(-1) on
+    1×4×6×6 inputs, max |Δ| 0.83 against PyTorch; the trained efficientformer_v2_tiny (talking-head
+    convs around its attention softmax) cosine 0.970.  A view to (N·C·H, W) makes XNNPACK convert to
+    NCHW first, so the softmax is exact (|Δ| ≤ 2e-6).  Returns ``program`` itself when nothing
+    matches, else a rewritten copy (the IR is shared with the numerics check and stays as it was).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    targets = (aten._softmax.default, aten.softmax.int)
+
+    def matches(n) -> bool:
+        if n.op != "call_function" or n.target not in targets:
+            return False
+        val = n.args[0].meta.get("val")
+        if val is None or val.dim() != 4:
+            return False
+        return n.args[1] in (-1, 3) and _after_conv(n.args[0])
+
+    if not any(matches(n) for n in program.graph.nodes):
+        return program
+    program = copy.deepcopy(program)
+    graph = program.graph
+    for n in [n for n in graph.nodes if matches(n)]:
+        x = n.args[0]
+        shape = list(x.meta["val"].shape)
+        with graph.inserting_before(n):
+            flat = graph.call_function(aten.view.default, (x, [-1, shape[-1]]))
+        flat.meta = {**x.meta, "val": x.meta["val"].reshape(-1, shape[-1])}
+        n.args = (flat, 1, *n.args[2:])
+        old_val = n.meta["val"]
+        n.meta["val"] = old_val.reshape(-1, shape[-1])
+        with graph.inserting_after(n):
+            back = graph.call_function(aten.view.default, (n, shape))
+        back.meta = {**n.meta, "val": old_val}
+        n.replace_all_uses_with(back, delete_user_cb=lambda user, back=back: user is not back)
+    graph.lint()
+    program.graph_module.recompile()
+    return program
 
 
 def _check_kernels(graph, program) -> list[str]:

@@ -329,6 +329,24 @@ class OpenVinoTarget(Target):
             core.get_property(device, "FULL_DEVICE_NAME"),
         )
 
+    def runtime_default_precisions(self, profile) -> tuple[str, ...]:
+        """bf16 for an int8 profile on a device that lists BF16: OpenVINO's own default there, the speed
+        an int8 artifact has to beat to be worth its error (issue 12)."""
+        opts = profile.options
+        if opts.precision != "int8" or opts.aot_only or self.is_available():
+            return ()
+        import openvino as ov
+
+        core = ov.Core()
+        device = opts.device.upper()
+        if not _device_present(core, device):
+            return ()
+        return (
+            ("bf16",)
+            if check_precision(device, "bf16", core.get_property(device, "OPTIMIZATION_CAPABILITIES")) is None
+            else ()
+        )
+
     def compile(self, graph, profile, out_dir: Path, calibration=None) -> CompileResult:
         import openvino as ov
 
