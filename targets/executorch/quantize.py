@@ -153,6 +153,7 @@ def quantize(graph, calibration, mode: str, per_channel: bool = True):
     unmatched = [n for n in wanted if n not in layers]
     config, observer = _config(mode, calibration.method, per_channel)
     module = copy.deepcopy(graph.program.module())
+    as_convs = batch_norms_as_convs(module) if mode == STATIC else []
     try:
         prepared = prepare_pt2e(module, keep_float_quantizer(config, frozenset(kept), _has_batch_norm(graph)))
     except Exception as err:  # noqa: BLE001 - the quantizer's pattern matching on an unusual graph
@@ -187,7 +188,66 @@ def quantize(graph, calibration, mode: str, per_channel: bool = True):
         "kept_float": kept,
         "unmatched_keep_float": unmatched,
     }
+    if as_convs:
+        facts["batch_norms_as_convs"] = as_convs
     return program, facts
+
+
+_CONVS = ("conv1d", "conv2d", "convolution")
+
+
+def batch_norms_as_convs(module) -> list[str]:
+    """Rewrite ``module``'s inference batch norms that do not follow a conv into the depthwise
+    1-tap conv they compute, ``w = γ / √(σ² + ε)``, ``b = β − μ·w``; returns their node names.
+
+    A batch norm after a conv is left to the quantizer's conv-bn patterns, which fold it.
+    """
+    import torch
+
+    def getattr_path(target):
+        obj = module
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    graph, done = module.graph, []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.batch_norm.default:
+            continue
+        x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
+        rank = x.meta["val"].dim() if "val" in x.meta else 0
+        if training or rank not in (3, 4) or any(k in str(x.target) for k in _CONVS):
+            continue
+        if any(a is not None and a.op != "get_attr" for a in (weight, bias, mean, var)):
+            continue
+        with torch.no_grad():
+            mu, sigma2 = getattr_path(mean.target).float(), getattr_path(var.target).float()
+            gamma = getattr_path(weight.target).float() if weight is not None else torch.ones_like(mu)
+            beta = getattr_path(bias.target).float() if bias is not None else torch.zeros_like(mu)
+            w = gamma / torch.sqrt(sigma2 + eps)
+            b = beta - mu * w
+        channels = w.numel()
+        w = w.reshape(channels, 1, *([1] * (rank - 2)))
+        names = []
+        for suffix, value in (("weight", w), ("bias", b)):
+            name = f"{node.name}_as_conv_{suffix}"
+            module.register_parameter(name, torch.nn.Parameter(value.contiguous(), requires_grad=False))
+            names.append(name)
+        with graph.inserting_before(node):
+            w_node, b_node = graph.get_attr(names[0]), graph.get_attr(names[1])
+            w_node.meta["val"], b_node.meta["val"] = w, b
+            conv = torch.ops.aten.conv1d.default if rank == 3 else torch.ops.aten.conv2d.default
+            ones, zeros = [1] * (rank - 2), [0] * (rank - 2)
+            new = graph.create_node(
+                "call_function", conv, (x, w_node, b_node, ones, zeros, ones, channels), name=f"{node.name}_as_conv"
+            )
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        module.recompile()
+    return done
 
 
 def _has_batch_norm(graph) -> bool:

@@ -6,6 +6,7 @@ train images, judged on the 360 held-out ones.  Few compiles: int8 lowering is t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -185,3 +186,55 @@ def test_int8_needs_calibration_data_and_a_known_observer(tmp_path):
     with pytest.raises(UserError, match="percentile"):
         target.compile(graph, _with(profile, quantization_mode="static"), tmp_path, calibration=calib)
     assert not (tmp_path / "model.pte").exists()
+
+
+class ResidualBatchNorm(nn.Module):
+    """conv → residual add → a batch norm on the sum (no conv before it, as LMUFormer's ``prev_bn``)
+    → conv: XNNPACK's quantizer leaves that batch norm unannotated."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv0, self.bn, self.conv1 = nn.Conv1d(c, c, 1), nn.BatchNorm1d(c), nn.Conv1d(c, c, 3, padding=1)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # statistics unlike the identity, so a dropped or wrong affine shows
+            self.bn.running_mean.copy_(torch.randn(c, generator=gen))
+            self.bn.running_var.copy_(torch.rand(c, generator=gen) * 3 + 0.2)
+            self.bn.weight.copy_(torch.randn(c, generator=gen))
+            self.bn.bias.copy_(torch.randn(c, generator=gen))
+
+    def forward(self, x):
+        return self.conv1(self.bn(x + self.conv0(x)))
+
+
+def test_a_batch_norm_after_no_conv_is_an_exact_depthwise_conv_that_runs_int8(tmp_path, monkeypatch):
+    """ExecuTorch 1.5.1 cannot lower a lone batch norm on an int8 input (spiking_lmuformer_tiny
+    failed so); quantize() rewrites it into the depthwise 1-tap conv it computes first."""
+    model = ResidualBatchNorm().eval()
+    graph = ir.export(model, (torch.randn(1, 8, 16),), name="residual_bn")
+    module = graph.program.module()
+    rewritten = copy.deepcopy(module)
+    assert quantize.batch_norms_as_convs(rewritten) == ["batch_norm"]
+    assert not any("batch_norm" in str(n.target) for n in rewritten.graph.nodes if n.op == "call_function")
+    x = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-5)
+
+    gen = np.random.default_rng(2)
+    samples = [[gen.standard_normal((1, 8, 16)).astype(np.float32)] for _ in range(16)]
+    calib = Calibration(samples, "normal", "test")
+    profile = _with(load_profile("host-executorch-int8"), quantization_mode="static")
+    target = get_target("executorch")
+    result = target.compile(graph, profile, tmp_path, calibration=calib)
+    q = result.details["quantization"]
+    assert q["batch_norms_as_convs"] == ["batch_norm"]
+    assert q["int8_ops"]["convolution"] == 3 and q["float_op_count"] == 0, q  # the batch norm's conv too
+    runner = target.load(Artifact(tmp_path, None, profile))
+    with torch.no_grad():
+        ref = np.concatenate([model(torch.from_numpy(s[0])).numpy() for s in samples])
+    got = np.concatenate([runner.run(s)[0] for s in samples])
+    assert _cosine(ref, got) >= 0.995
+
+    # without the rewrite ExecuTorch's own lowering still refuses it: the workaround is needed
+    monkeypatch.setattr(quantize, "batch_norms_as_convs", lambda module: [])
+    with pytest.raises(UserError, match="quantized"):
+        target.compile(graph, profile, tmp_path / "plain", calibration=calib)
