@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from edgeformer.manifest import PassRecord
 
+from ._affine import bn_scale_shift
 from ._pipeline import PIPELINES, Pipeline, resolve_pipeline
 from ._registry import describe_passes, get_pass, pass_names, register
 from .base import Pass, PassCheckError, PassManager, PassResult, PassStats
@@ -40,6 +41,7 @@ for _cls in (
     register(_cls)
 
 __all__ = [
+    "bn_scale_shift",
     "PIPELINES",
     "Pass",
     "PassCheckError",

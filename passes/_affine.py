@@ -63,7 +63,12 @@ def bn_affine(ed: Editor, bn: fx.Node) -> tuple[torch.Tensor, torch.Tensor] | st
     beta = ed.const(b_node) if b_node is not None else torch.zeros_like(mean)
     if gamma is None or beta is None:
         return "batch_norm weight or bias is not constant"
-    s = gamma.double() / torch.sqrt(var.double() + float(arg(bn, "eps")))
+    return bn_scale_shift(gamma, beta, mean, var, float(arg(bn, "eps")))
+
+
+def bn_scale_shift(gamma, beta, mean, var, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` in float64 with ``BN(x) = s·x + t``: ``s = γ / √(σ² + ε)``, ``t = β − μ·s``."""
+    s = gamma.double() / torch.sqrt(var.double() + eps)
     return s, beta.double() - mean.double() * s
 
 

@@ -37,6 +37,7 @@ import dataclasses
 import operator
 
 from edgeformer.errors import UserError, first_line
+from edgeformer.passes import bn_scale_shift
 
 from .._support import input_shapes
 from ..base import quantizable_layers
@@ -221,11 +222,10 @@ def batch_norms_as_convs(module) -> list[str]:
         if any(a is not None and a.op != "get_attr" for a in (weight, bias, mean, var)):
             continue
         with torch.no_grad():
-            mu, sigma2 = getattr_path(mean.target).float(), getattr_path(var.target).float()
-            gamma = getattr_path(weight.target).float() if weight is not None else torch.ones_like(mu)
-            beta = getattr_path(bias.target).float() if bias is not None else torch.zeros_like(mu)
-            w = gamma / torch.sqrt(sigma2 + eps)
-            b = beta - mu * w
+            mu = getattr_path(mean.target)
+            gamma = getattr_path(weight.target) if weight is not None else torch.ones_like(mu)
+            beta = getattr_path(bias.target) if bias is not None else torch.zeros_like(mu)
+            w, b = (t.to(mu.dtype) for t in bn_scale_shift(gamma, beta, mu, getattr_path(var.target), eps))
         channels = w.numel()
         w = w.reshape(channels, 1, *([1] * (rank - 2)))
         names = []
