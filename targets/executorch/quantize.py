@@ -155,8 +155,10 @@ def quantize(graph, calibration, mode: str, per_channel: bool = True):
     config, observer = _config(mode, calibration.method, per_channel)
     module = copy.deepcopy(graph.program.module())
     as_convs = batch_norms_as_convs(module) if mode == STATIC else []
+    as_conv2d = float_conv1d_as_conv2d(module, frozenset(kept))
+    keep = frozenset(kept) | {f"{n}_as_conv2d" for n in as_conv2d}
     try:
-        prepared = prepare_pt2e(module, keep_float_quantizer(config, frozenset(kept), _has_batch_norm(graph)))
+        prepared = prepare_pt2e(module, keep_float_quantizer(config, keep, _has_batch_norm(graph)))
     except Exception as err:  # noqa: BLE001 - the quantizer's pattern matching on an unusual graph
         raise UserError(
             f"ExecuTorch int8: XNNPACK's quantizer could not prepare {graph.name}: {first_line(err)}",
@@ -243,6 +245,55 @@ def batch_norms_as_convs(module) -> list[str]:
             )
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        module.recompile()
+    return done
+
+
+def float_conv1d_as_conv2d(module, keep: frozenset[str]) -> list[str]:
+    """Rewrite the ``keep`` (float) conv1d nodes of ``module`` into the conv2d over a height-1 view
+    they compute (view to N×C×1×L, conv2d, view back); returns their node names.
+
+    ExecuTorch 1.5.1's XNNPACK delegate reshapes a conv1d itself, and for a float conv1d between int8
+    neighbours it emits a squeeze on an undefined value ("Failed to create squeeze node 65535"), so
+    the program does not load: lmuformer_tiny could keep none of its convs in float.  As a conv2d
+    between two views it loads, and runs in float inside the delegate.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    graph, done = module.graph, []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.conv1d.default or node.name not in keep:
+            continue
+        defaults = [None, [1], [0], [1], 1]  # bias, stride, padding, dilation, groups
+        x, weight, bias, stride, padding, dilation, groups = [*node.args, *defaults[len(node.args) - 2 :]]
+        if weight.op != "get_attr":
+            continue
+        obj = module
+        for part in weight.target.split("."):
+            obj = getattr(obj, part)
+        name = f"{node.name}_as_conv2d_weight"
+        w2 = obj.detach().unsqueeze(2).contiguous()
+        module.register_parameter(name, torch.nn.Parameter(w2, requires_grad=False))
+        with graph.inserting_before(node):
+            w_node = graph.get_attr(name)
+            w_node.meta["val"] = w2
+            _, c, length = x.meta["val"].shape
+            x2 = graph.call_function(aten.view.default, (x, [-1, c, 1, length]))
+            conv = graph.create_node(
+                "call_function",
+                aten.conv2d.default,
+                (x2, w_node, bias, [1, *stride], [0, *padding], [1, *dilation], groups),
+                name=f"{node.name}_as_conv2d",
+            )
+            out = graph.call_function(aten.view.default, (conv, [-1, *node.meta["val"].shape[1:]]))
+        x2.meta = {**x.meta, "val": x.meta["val"].unsqueeze(2)}
+        conv.meta = {**node.meta, "val": node.meta["val"].unsqueeze(2)}
+        out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
         graph.erase_node(node)
         done.append(node.name)
     if done:

@@ -238,3 +238,54 @@ def test_a_batch_norm_after_no_conv_is_an_exact_depthwise_conv_that_runs_int8(tm
     monkeypatch.setattr(quantize, "batch_norms_as_convs", lambda module: [])
     with pytest.raises(UserError, match="quantized"):
         target.compile(graph, profile, tmp_path / "plain", calibration=calib)
+
+
+class Conv1dStack(nn.Module):
+    """Three conv1d layers as LMUFormer's tokenizer has them (padding, a stride, a grouped one)."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv0 = nn.Conv1d(4, c, 3, padding=1)
+        self.conv1 = nn.Conv1d(c, c, 3, stride=2, padding=2, dilation=2, groups=2)
+        self.conv2 = nn.Conv1d(c, c, 1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(torch.relu(self.conv0(x)))))
+
+
+def test_a_conv1d_kept_in_float_between_int8_neighbours_loads_and_runs(tmp_path, monkeypatch):
+    """ExecuTorch 1.5.1 cannot take a float conv1d between int8 neighbours (lmuformer_tiny could keep
+    none of its convs in float); quantize() rewrites a kept conv1d into the conv2d it computes,
+    between two views."""
+    model = Conv1dStack().eval()
+    graph = ir.export(model, (torch.randn(1, 4, 32),), name="conv1d_stack")
+    layers = quantizable_layers(graph)
+    kept = layers[1]
+    rewritten = copy.deepcopy(graph.program.module())
+    assert quantize.float_conv1d_as_conv2d(rewritten, frozenset({kept})) == [kept]
+    x = torch.randn(4, 4, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-5)
+
+    gen = np.random.default_rng(2)
+    samples = [[gen.standard_normal((1, 4, 32)).astype(np.float32)] for _ in range(16)]
+    calib = Calibration(samples, "normal", "test", keep_float=(kept,))
+    profile = _with(load_profile("host-executorch-int8"), quantization_mode="static")
+    target = get_target("executorch")
+    result = target.compile(graph, profile, tmp_path, calibration=calib)
+    q = result.details["quantization"]
+    assert q["kept_float"] == [kept] and q["float_layers"] == [kept], q
+    assert q["float_ops"] == {"convolution": 1} and q["int8_ops"]["convolution"] == 2, q
+    assert q["fallbacks"] == 0, q  # the views run inside the delegate too
+    runner = target.load(Artifact(tmp_path, None, profile))
+    with torch.no_grad():
+        ref = np.concatenate([model(torch.from_numpy(s[0])).numpy() for s in samples])
+    got = np.concatenate([runner.run(s)[0] for s in samples])
+    assert _cosine(ref, got) >= 0.995
+
+    # without the rewrite ExecuTorch refuses it, at lowering here ("Weight and Input should both be
+    # quantized") or at load in lmuformer_tiny (the invalid squeeze): the workaround is needed
+    monkeypatch.setattr(quantize, "float_conv1d_as_conv2d", lambda module, keep: [])
+    with pytest.raises(UserError, match="quantized|load"):
+        target.compile(graph, profile, tmp_path / "plain", calibration=calib)
+        target.load(Artifact(tmp_path / "plain", None, profile))
