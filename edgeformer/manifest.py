@@ -54,8 +54,11 @@ class ModelInfo:
     # "checkpoint" (--weights), "random" (a zoo model without --weights: seeded random init),
     # "module" (the user's nn.Module or factory: whatever weights it holds), "pt2" (as exported)
     weights_origin: str = "random"
+    # how a zoo model was adapted to an --input-shape other than its default (e.g. a ViT's
+    # position table resampled to the new patch grid); None at the default resolution
+    resolution: str | None = None
 
-    _OPTIONAL = ("family", "path", "ref")
+    _OPTIONAL = ("family", "path", "ref", "resolution")
 
     def to_dict(self) -> dict:
         d = _without_none(dataclasses.asdict(self), self._OPTIONAL)

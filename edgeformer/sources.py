@@ -317,6 +317,7 @@ def load_model(
     module.eval()
     input_names = None
     if spec is not None:
+        info.resolution = _adapt_resolution(spec, module, shapes)
         inputs = _zoo_inputs(spec, shapes)
         input_names = list(spec.input_names) or None
     else:
@@ -338,6 +339,23 @@ def _zoo_inputs(spec: ModelSpec, shapes: list) -> tuple[torch.Tensor, ...]:
     if spec.input_dtypes or spec.input_shapes == tuple(shapes):
         return spec.example_inputs(shapes=shapes)
     return _example_inputs(shapes)
+
+
+def _adapt_resolution(spec: ModelSpec, module: nn.Module, shapes: list) -> str | None:
+    """Adapt a zoo model whose tables depend on the resolution (a ViT's position table,
+    EfficientFormer's attention biases) to the image size of ``shapes`` through its
+    ``adapt_to(height, width)``; returns what was done, for the manifest (None: nothing to do)."""
+    adapt = getattr(module, "adapt_to", None)
+    if adapt is None or len(shapes[0]) != 4 or tuple(shapes[0])[2:] == tuple(spec.input_shapes[0])[2:]:
+        return None
+    height, width = (int(d) for d in tuple(shapes[0])[2:])
+    try:
+        return adapt(height, width)
+    except ValueError as err:
+        default = "x".join(str(d) for d in spec.input_shapes[0][2:])
+        raise UserError(
+            f"{spec.name} cannot run at {height}x{width}: {err}", f"choose such a size (its default is {default})"
+        ) from None
 
 
 def _zoo_shape_error(spec: ModelSpec, shapes: list, module: nn.Module) -> UserError | None:

@@ -80,6 +80,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("ecoformer_pvt_v2_tiny", "image", epochs=25, hash_epochs=10),
         Recipe("lmuformer_tiny", "sequence", epochs=30),
         Recipe("spiking_lmuformer_tiny", "sequence", epochs=40),
+        Recipe("vit_tiny", "image", epochs=30),  # 94.4 % in 104 s (2 threads, EPYC, 2026-12-03)
     )
 }
 

@@ -13,7 +13,7 @@ from edgeformer.errors import UserError
 from edgeformer.models import build_model, get_spec, list_models
 
 TINY = sorted(s.name for s in list_models() if "tiny" in s.tags)
-FAMILIES = {"efficientformer", "efficientformer_v2", "poolformer", "lmuformer", "pvt_v2", "ecoformer"}
+FAMILIES = {"efficientformer", "efficientformer_v2", "poolformer", "lmuformer", "pvt_v2", "ecoformer", "vit"}
 
 
 def test_every_family_has_a_tiny_configuration():
@@ -72,7 +72,31 @@ def test_a_wrong_resolution_says_the_attention_bias_table_is_fixed():
     from edgeformer.sources import load_model
 
     with pytest.raises(UserError) as e:
-        load_model("efficientformer_tiny", input_shapes=[(1, 3, 48, 48)])
+        load_model("efficientformer_v2_tiny", input_shapes=[(1, 3, 48, 48)])
     msg = str(e.value)
     assert "attention-bias table" in msg and "1x3x32x32" in msg and "\n" not in msg, msg
-    assert load_model("efficientformer_tiny", input_shapes=[(2, 3, 32, 32)]).graph  # another batch is fine
+    assert load_model("efficientformer_v2_tiny", input_shapes=[(2, 3, 32, 32)]).graph  # another batch is fine
+
+
+def test_efficientformer_at_another_resolution_resamples_its_attention_biases_and_says_so():
+    from edgeformer.models.efficientformer import relative_bias_index
+    from edgeformer.sources import load_model
+
+    src = load_model("efficientformer_tiny", input_shapes=[(1, 3, 48, 48)])  # stride 8: 4x4 -> 6x6 tokens
+    assert src.info.resolution.startswith("attention-bias tables resampled bicubically from a 4x4 to a 6x6"), src.info
+    attn = [m for m in src.module.modules() if hasattr(m, "set_resolution")]
+    assert attn and all(m.attention_biases.shape == (m.num_heads, 36) for m in attn)
+    assert all(torch.equal(m.attention_bias_idxs, relative_bias_index(6)) for m in attn)
+    with torch.no_grad():  # a constant table stays constant
+        attn[0].attention_biases.fill_(0.5)
+    attn[0].set_resolution(3)
+    assert torch.allclose(attn[0].attention_biases, torch.full((attn[0].num_heads, 9), 0.5))
+    with pytest.raises(UserError, match="cannot run at 44x44: EfficientFormer needs a square input.*multiple of 8"):
+        load_model("efficientformer_tiny", input_shapes=[(1, 3, 44, 44)])
+
+
+@pytest.mark.parametrize(("name", "size"), [("pvt_v2_tiny", 64), ("ecoformer_pvt_v2_tiny", 64), ("vit_tiny", 40)])
+def test_pyramid_and_plain_vits_compile_at_another_resolution(name, size, tmp_path):
+    report = compile(name, "host-ort", tmp_path / name, input_shapes=[(1, 3, size, size)])
+    assert report.manifest.numerics.status == "passed", report.manifest.numerics
+    assert report.manifest.inputs[0].shape == [1, 3, size, size]

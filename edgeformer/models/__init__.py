@@ -23,6 +23,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "edgeformer.models.lmuformer",
     "edgeformer.models.pvt_v2",
     "edgeformer.models.ecoformer",
+    "edgeformer.models.vit",
 )
 
 

@@ -20,9 +20,11 @@ and exports as a Gather on the (heads, res²) table, which passes may fold into 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeformer.models import ModelSpec, register
@@ -118,6 +120,22 @@ class Attention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
         self.register_buffer("attention_bias_idxs", relative_bias_index(resolution))
 
+    @torch.no_grad()
+    def set_resolution(self, resolution: int) -> None:
+        """Attend over a ``resolution``² grid from now on: the (heads, res, res) table of offsets is
+        resampled bicubically to the new side (antialiased when shrinking; the method timm uses to
+        resize LeViT's table) and the index is rebuilt."""
+        r = self.resolution
+        if resolution == r:
+            return
+        table = self.attention_biases.reshape(1, self.num_heads, r, r).float()
+        table = F.interpolate(
+            table, size=(resolution, resolution), mode="bicubic", antialias=resolution < r, align_corners=False
+        )
+        self.attention_biases = nn.Parameter(table.reshape(self.num_heads, resolution * resolution))
+        self.attention_bias_idxs = relative_bias_index(resolution).to(self.attention_bias_idxs.device)
+        self.resolution = resolution
+
     def attention_bias(self) -> torch.Tensor:
         """(heads, N, N) additive bias, gathered from the current table (never cached)."""
         return self.attention_biases[:, self.attention_bias_idxs]
@@ -205,7 +223,8 @@ class EfficientFormer(nn.Module):
     """EfficientFormer V1.
 
     ``resolution`` is the side of the last stage's token grid (7 at 224×224 input); the attention
-    bias table is built for it, so the model only runs at the matching input size.
+    bias table is built for it, so the model runs at the matching input size until
+    :meth:`adapt_to` resamples the tables for another.
     ``stem_strides`` and ``down_strides`` exist for small test/training configs; the published
     models use (2, 2) and (2, 2, 2).
     """
@@ -236,6 +255,8 @@ class EfficientFormer(nn.Module):
             raise ValueError(f"num_vit={num_vit} must be in 1..{depths[-1]} (the last stage depth)")
         self.num_classes = num_classes
         self.distillation = distillation
+        self.resolution = resolution
+        self.stride = math.prod(stem_strides) * math.prod(down_strides)  # input pixels per last-stage token
         self.patch_embed = stem(in_chans, widths[0], stem_strides)
         attn = dict(key_dim=key_dim, num_heads=num_heads, attn_ratio=attn_ratio, resolution=resolution)
         network: list[nn.Module] = []
@@ -257,6 +278,24 @@ class EfficientFormer(nn.Module):
         self.head = nn.Linear(widths[-1], num_classes)
         self.dist_head = nn.Linear(widths[-1], num_classes) if distillation else None
         self.apply(_init_weights)
+
+    def adapt_to(self, height: int, width: int) -> str | None:
+        """Run at a ``height × width`` input: every attention-bias table is resampled to the new
+        last-stage grid (:meth:`Attention.set_resolution`); returns what changed (None: nothing)."""
+        s = self.stride
+        if height != width or height % s:
+            raise ValueError(f"EfficientFormer needs a square input whose side is a multiple of {s}")
+        before, after = self.resolution, height // s
+        if after == before:
+            return None
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.set_resolution(after)
+        self.resolution = after
+        return (
+            f"attention-bias tables resampled bicubically from a {before}x{before} to a {after}x{after} token grid "
+            f"for {height}x{width} input"
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, C) after the final norm."""
