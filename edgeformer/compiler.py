@@ -36,7 +36,7 @@ import numpy as np
 from torch import nn
 
 import edgeformer
-from edgeformer import accuracy, ir
+from edgeformer import accuracy, ir, sites
 from edgeformer.artifact import Artifact
 from edgeformer.data import Dataset, load_data, probe_inputs
 from edgeformer.device_profiles import (
@@ -60,7 +60,7 @@ from edgeformer.manifest import (
     read_manifest,
 )
 from edgeformer.numerics import EMULATED_PRECISIONS, compare, emulate
-from edgeformer.passes import Pipeline
+from edgeformer.passes import Pipeline, get_pass
 from edgeformer.sources import ModelSource, load_model
 from edgeformer.targets import Calibration, CompileResult, Target, get_target
 
@@ -137,13 +137,40 @@ def plan(
     weights: str | Path | None = None,
     passes: str | None = None,
     factory_args: Mapping[str, object] | None = None,
+    pass_options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Plan:
     """Export MODEL and decide its pipeline for ``profile`` (``passes``: CLI edits like ``+a,-b``;
-    ``factory_args``: keyword arguments for a ``package.module:factory``)."""
+    ``factory_args``: keyword arguments for a ``package.module:factory``; ``pass_options``: pass
+    name -> options, over the profile's ``[pipeline.options]``)."""
     prof, target = resolve_target(profile)
-    source = load_model(model, input_shapes=input_shapes, weights=weights, factory_args=factory_args)
     pipeline = target.default_pipeline(prof).edited(prof.pipeline.add, prof.pipeline.drop, passes)
+    pipeline = with_pass_options(pipeline, prof.pipeline.options, pass_options or {})
+    source = load_model(model, input_shapes=input_shapes, weights=weights, factory_args=factory_args)
     return Plan(source, prof, target, pipeline, _cache_key(source, pipeline, target, prof))
+
+
+def with_pass_options(pipeline: Pipeline, *layers: Mapping[str, Mapping[str, object]]) -> Pipeline:
+    """``pipeline`` with per-pass options merged in (later layers win), each checked against its pass."""
+    options = {k: dict(v) for k, v in pipeline.options.items()}
+    for layer in layers:
+        for name, opts in layer.items():
+            get_pass(name)  # a known pass name, or one line naming the close ones
+            if name not in pipeline.names:
+                raise UserError(
+                    f"options were given for pass {name!r}, which is not in the pipeline "
+                    f"({', '.join(pipeline.names) or 'empty'})",
+                    f"add it with --passes +{name}",
+                )
+            if not isinstance(opts, Mapping):
+                raise UserError(f"options of pass {name!r} must be a table of key = value", "fix the profile file")
+            options[name] = {**options.get(name, {}), **opts}
+            get_pass(name)(**options[name])  # unknown keys and wrong types fail here, in one line
+    return Pipeline(pipeline.names, options)
+
+
+def approximating_passes(pipeline: Pipeline) -> list[str]:
+    """The pipeline's passes that are not exact (attention approximations, …)."""
+    return [n for n in pipeline.names if not get_pass(n).exact]
 
 
 def _cache_key(source: ModelSource, pipeline: Pipeline, target: Target, profile: DeviceProfile) -> str:
@@ -427,11 +454,15 @@ def approximate(
     error gate or the profile's [numerics] (the failed build goes to ``keep`` if given).
     """
     target, prof, graph = p.target, p.profile, p.graph
-    kind = (
-        f"compression {prof.options.compression}"
-        if prof.options.compression != "none"
-        else f"precision {prof.options.precision}"
-    )
+    approx_passes = approximating_passes(p.pipeline)
+    kinds = []
+    if prof.options.compression != "none":
+        kinds.append(f"compression {prof.options.compression}")
+    elif prof.options.precision != "fp32" or not approx_passes:
+        kinds.append(f"precision {prof.options.precision}")
+    if approx_passes:
+        kinds.append(f"passes {', '.join(approx_passes)}")
+    kind = " + ".join(kinds)
     batch = _batch(graph)
     data = settings.measure_on
     weights = p.source.info.weights_origin
@@ -447,6 +478,9 @@ def approximate(
         exact_pipeline = Pipeline(p.pipeline.names, options)  # the caller's --passes edits kept
     else:
         exact_pipeline = exact_default.edited(prof.pipeline.add, prof.pipeline.drop, None)
+    if approx_passes:  # the reference artifact runs the exact passes only
+        names = tuple(n for n in exact_pipeline.names if n not in approx_passes)
+        exact_pipeline = Pipeline(names, {k: v for k, v in exact_pipeline.options.items() if k in names})
     exact_plan = Plan(p.source, exact_prof, target, exact_pipeline, p.cache_key)
     exact_rw = rewritten if exact_pipeline == p.pipeline else rewrite(exact_plan)
     stage("compile", f"{target.name} exact fp32 twin (the reference artifact)")
@@ -457,6 +491,19 @@ def approximate(
             f"{target.name} exact fp32 outputs disagree with PyTorch: {exact.manifest.numerics.reason}",
             _numerics_fix("fp32", exact.manifest.numerics),
         )
+
+    decisions: list[sites.SiteDecision] = []
+    exact_ops = None
+    if site_pass_names := sites.site_passes(p.pipeline):
+        stage("verify", "attention sites: their share of end-to-end time on the exact twin")
+        decisions, exact_ops = _choose_sites(p, exact_plan, exact_rw, exact, settings, site_pass_names, batch)
+        chosen = sites.with_nodes(p.pipeline, decisions)
+        if not any(d.applied for d in decisions):
+            return _every_site_declined(kind, prof, exact, decisions, settings, weights)
+        if chosen != p.pipeline:
+            p = Plan(p.source, prof, target, chosen, p.cache_key)
+            rewritten = rewrite(p)
+            approx_passes = approximating_passes(p.pipeline)
 
     stage("verify", f"exact fp32 reference on {len(data)} samples of {data.name}")
     reference = accuracy.reference_outputs(graph, data, batch)
@@ -520,7 +567,7 @@ def approximate(
         elif target.can_run_here(prof):
             block.notes.append(f"measured with this machine's {target.name} runtime, not on the device")
         gate = accuracy.accuracy_gate(block, max_accuracy_drop=settings.max_accuracy_drop, max_error=settings.max_error)
-        numerics = _approx_numerics(prof, reference, approx_out, data)
+        numerics = _approx_numerics(prof, reference, approx_out, data, approx_passes)
         if gate.passed and numerics.status == "failed":  # the profile's [numerics] bound the outputs too
             gate = accuracy.Gate(
                 "numerics",
@@ -555,7 +602,7 @@ def approximate(
     scores = dict(ranking)
     top = [{"layer": n, "source": sources.get(n, ""), "score": round(sc, 6)} for n, sc in ranking[:8]]
     if not gate.passed:
-        if not ranking and calib is not None:
+        if not ranking and calib is not None and needs:  # int8 sensitivity: only a quantizing target's
             ranking = accuracy.sensitivity(rewritten.graph, calib.samples)
         worst = ", ".join(f"{n} ({sources.get(n) or '?'})" for n, _ in ranking[:3])
         restored = f" after keeping {len(kept)} layers in float" if kept else ""
@@ -567,7 +614,10 @@ def approximate(
             f"{kind} fails the accuracy gate{restored}: {gate.metric} {value} ({gate.detail})"
             + (f"; most sensitive layers: {worst}" if worst else "; it has no per-layer fallback"),
             "raise --max-accuracy-drop/--max-error if that loss is acceptable, calibrate on more data like the "
-            "deployment's (--calib), or compile fp32 (--precision fp32)",
+            "deployment's (--calib), or compile "
+            + (f"without {', '.join(approx_passes)} (--passes -{',-'.join(approx_passes)})" if approx_passes else "")
+            + (" or " if approx_passes and is_approximate(prof) else "")
+            + ("fp32 (--precision fp32)" if is_approximate(prof) or not approx_passes else ""),
         )
 
     speed = accuracy.SpeedGate(measured=False, min_speedup=settings.min_speedup, forced=settings.force)
@@ -605,6 +655,8 @@ def approximate(
                 )
         speed.forced = settings.force
 
+    if decisions:
+        _measure_sites(p, target, prof, built, exact_ops, decisions, data, batch, stage)
     calib_dict = calib.to_dict() if calib is not None and needs else None
     report = ApproximationReport(
         kind=kind,
@@ -620,6 +672,7 @@ def approximate(
         sensitivity=top,
         forced=settings.force and not speed.passed,
         exact_numerics=dataclasses.asdict(exact.manifest.numerics),
+        sites=[d.to_dict() for d in decisions],
     )
     if speed.measured and not speed.passed and not settings.force:
         report.shipped = "exact"
@@ -641,6 +694,70 @@ def approximate(
     return built
 
 
+def _choose_sites(p, exact_plan, exact_rw, exact, settings, names, batch):
+    """The driver's decisions (``edgeformer/sites.py``) and the exact twin's per-op profile."""
+    target, exact_prof = p.target, exact_plan.profile
+    exact_ops, shares, share_from = None, None, "macs"
+    if target.can_run_here(exact_prof) is None:
+        first = next(iter(settings.measure_on.batches(batch)))[0]
+        try:
+            exact_ops = target.profile_ops(
+                Artifact(exact.folder, exact.manifest, exact_prof), first, sites.PROFILE_RUNS
+            )
+            shares, share_from = sites.shares_from_profile(exact_ops), "profile"
+        except NotImplementedError:
+            pass
+    if shares is None:
+        shares = sites.shares_from_macs(exact_rw.graph)
+    decisions = []
+    for name in names:
+        options = get_pass(name)(**p.pipeline.options.get(name, {})).options
+        found = sites.matched_sites(exact_rw.graph, p.pipeline, name)
+        decisions += sites.decide(name, found, shares, share_from, options.min_share, settings.min_speedup)
+    for d in decisions:
+        log.info("%s %s (%s): %s", d.pass_name, d.node, d.source, "applied" if d.applied else f"declined: {d.reason}")
+    return decisions, exact_ops
+
+
+def _every_site_declined(kind, prof, exact, decisions, settings, weights) -> Built:
+    """Nothing to approximate where it pays: the exact artifact ships, and says why per site."""
+    declined = [d for d in decisions if d.details.get("applied")]
+    why = "; ".join(f"{d.node} ({d.source}): {d.reason}" for d in declined[:3]) or "no attention matched"
+    speed = accuracy.SpeedGate(measured=False, min_speedup=settings.min_speedup, note="nothing was approximated")
+    exact.manifest.approximation = ApproximationReport(
+        kind=kind,
+        requested_profile=prof.name,
+        shipped="exact",
+        reason=f"every attention site was declined, so the exact artifact ships: {why}",
+        accuracy=accuracy.AccuracyBlock(
+            data=settings.measure_on.to_dict(),
+            samples=0,
+            weights=weights,
+            measured="not measured: nothing was approximated",
+        ).to_dict(),
+        gates=[],
+        speed=speed.to_dict(),
+        exact_numerics=dataclasses.asdict(exact.manifest.numerics),
+        sites=[d.to_dict() for d in decisions],
+    )
+    return exact
+
+
+def _measure_sites(p, target, prof, built, exact_ops, decisions, data, batch, stage) -> None:
+    """Per applied site: its measured speed-up (per-op profiles) and its own output error."""
+    stage("verify", "attention sites: their own output error and measured speed-up")
+    samples = [arrays for arrays, _ in data.subset(min(len(data), sites.ERROR_SAMPLES)).batches(batch)]
+    sites.site_errors(p.graph, p.pipeline, decisions, samples)
+    if exact_ops is not None and target.can_run_here(prof) is None:
+        try:
+            approx_ops = target.profile_ops(
+                Artifact(built.folder, built.manifest, prof), samples[0], sites.PROFILE_RUNS
+            )
+        except NotImplementedError:
+            return
+        sites.measured_speedups(decisions, exact_ops, approx_ops)
+
+
 def _default_twin(exact_plan: Plan, exact_rw: Rewritten, precision: str, parent: Path, scratch: list[Path]):
     """A runner of the exact model at the runtime's own default ``precision`` (OpenVINO bf16), for the
     speed gate's report; built in a scratch folder under ``parent`` (appended to ``scratch``)."""
@@ -659,7 +776,11 @@ def _default_twin(exact_plan: Plan, exact_rw: Rewritten, precision: str, parent:
 
 
 def _approx_numerics(
-    prof: DeviceProfile, reference: list[np.ndarray], approx: list[np.ndarray], data: Dataset
+    prof: DeviceProfile,
+    reference: list[np.ndarray],
+    approx: list[np.ndarray],
+    data: Dataset,
+    passes: Sequence[str] = (),
 ) -> NumericsReport:
     """The numerics check of an approximate artifact, on the contract's data (random example
     inputs say nothing about an int8 model calibrated on real data) against the profile's
@@ -668,17 +789,24 @@ def _approx_numerics(
     Quantized weights or activations (int8, compression) move single logits by several int8 steps
     while top-1 and the cosine hold (max |Δ| 0.15 at cosine 0.9998 on poolformer_tiny), so for them
     only the cosine and finiteness are checked (the per-element tolerances are not applied and are
-    recorded as null); fp16/bf16 keep the per-element bounds."""
+    recorded as null); fp16/bf16 keep the per-element bounds.  Approximating ``passes`` (attention
+    approximations) move outputs far beyond fp32 rounding by design: cosine and finiteness too."""
     n = prof.numerics
     report = compare(reference, approx, atol=n.atol, rtol=n.rtol, scale_rtol=n.scale_rtol, min_cosine=n.min_cosine)
     where = f"on {len(data)} samples of {data.name}, against the exact fp32 model (manifest approximation)"
-    if prof.options.precision == "int8" or prof.options.compression != "none":
+    quantized = prof.options.precision == "int8" or prof.options.compression != "none"
+    if quantized or passes:
         cosines = [o.get("cosine") for o in report.per_output]
-        ok = not report.has_nan and all(c is not None and c >= n.min_cosine for c in cosines)
+        # an approximating pass on a float profile is bounded by the contract's gates (top-1 drop
+        # or 1 − cosine ≤ max_error), not by the fp32 [numerics] floor: only finiteness here
+        floor = n.min_cosine if quantized or prof.options.precision != "fp32" else -1.0
+        ok = not report.has_nan and all(c is not None and c >= floor for c in cosines)
         report.status = "passed" if ok else "failed"
         report.atol = report.rtol = report.scale_rtol = None
-        report.reason = "" if ok else f"cosine {min(c or -1.0 for c in cosines):.6f} < {n.min_cosine} or not finite"
-        where += "; quantized: cosine and finiteness checked, not per-element bounds"
+        report.reason = "" if ok else f"cosine {min(c or -1.0 for c in cosines):.6f} < {floor} or not finite"
+        what = "quantized" if quantized else ""
+        what = " and ".join(w for w in (what, f"approximated by {', '.join(passes)}" if passes else "") if w)
+        where += f"; {what}: cosine and finiteness checked, not per-element bounds"
     report.reason = f"{report.reason}; {where}" if report.reason else where
     return report
 
@@ -762,6 +890,7 @@ def compile(  # noqa: A001 - the public verb
     max_error: float | None = None,
     min_speedup: float | None = None,
     force_approx: bool = False,
+    pass_options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> CompileReport:
     """Compile MODEL for a device profile into ``out_dir``; see the module docstring.
 
@@ -785,24 +914,11 @@ def compile(  # noqa: A001 - the public verb
 
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     prof, target = resolve_target(with_precision(prof, precision))
-    # The contract runs on every approximate compile whose artifact and exact twin run here: with
-    # --calib/--eval on that data, else on random probe inputs (errors and the speed gate, no
-    # accuracy).  Device profiles without data keep the plain verify (emulated where it can be).
-    probe_only = calib is None and eval is None and target.can_run_here(prof) is None
-    probe_only = probe_only and target.can_verify_here(prof) is None and not target.needs_calibration(prof)
-    contract = is_approximate(prof) and (
-        target.needs_calibration(prof) or calib is not None or eval is not None or probe_only
-    )
     if target.needs_calibration(prof) and calib is None:
         raise UserError(
             f"profile {prof.name} quantizes to {prof.options.precision}, which needs calibration data",
             "add --calib digits (the tiny digits models), --calib sample-images (224² image models without "
             "data), or --calib FILE.npz|FOLDER",
-        )
-    if not is_approximate(prof) and (calib is not None or eval is not None):
-        raise UserError(
-            f"--calib/--eval were given, but profile {prof.name} is exact fp32: nothing is approximated",
-            "add --precision int8 (or bf16/fp16), or use a low-precision profile such as host-ort-int8",
         )
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
@@ -812,8 +928,33 @@ def compile(  # noqa: A001 - the public verb
 
     stage("export", "exporting to the IR")
     t0 = time.perf_counter()
-    p = plan(model, prof, input_shapes=input_shapes, weights=weights, passes=passes, factory_args=factory_args)
+    p = plan(
+        model,
+        prof,
+        input_shapes=input_shapes,
+        weights=weights,
+        passes=passes,
+        factory_args=factory_args,
+        pass_options=pass_options,
+    )
     stage_times["export"] = time.perf_counter() - t0
+    # The contract runs on every approximate compile (a lower precision, compression, or an
+    # approximating pass) whose artifact and exact twin run here: with --calib/--eval on that data,
+    # else on random probe inputs (errors and the speed gate, no accuracy).  Device profiles without
+    # data keep the plain verify (emulated where it can be).
+    approximate_compile = is_approximate(prof) or bool(approximating_passes(p.pipeline))
+    probe_only = calib is None and eval is None and target.can_run_here(prof) is None
+    probe_only = probe_only and target.can_verify_here(prof) is None and not target.needs_calibration(prof)
+    contract = approximate_compile and (
+        target.needs_calibration(prof) or calib is not None or eval is not None or probe_only
+    )
+    if not approximate_compile and (calib is not None or eval is not None):
+        raise UserError(
+            f"--calib/--eval were given, but profile {prof.name} is exact fp32 and no pass approximates: "
+            "nothing is approximated",
+            "add --precision int8 (or bf16/fp16), use a low-precision profile such as host-ort-int8, or add an "
+            "approximating pass (--passes +kv_downsample)",
+        )
 
     settings = None
     if contract:

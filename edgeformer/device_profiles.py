@@ -121,6 +121,7 @@ class Budget:
 class PipelineEdits:
     add: list = _opt([], "pass names appended to the target's default pipeline")
     drop: list = _opt([], "pass names removed from the target's default pipeline")
+    options: dict = _opt({}, "per-pass options, a table per pass: [pipeline.options.kv_downsample] stride = 4")
 
 
 @dataclass

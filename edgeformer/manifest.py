@@ -145,6 +145,9 @@ class ApproximationReport:
     sensitivity: list[dict] = field(default_factory=list)  # top layers {"layer", "source", "score"}, when ranked
     forced: bool = False  # --force-approx shipped it past a failed speed gate
     exact_numerics: dict | None = None  # NumericsReport of the exact artifact built beside it
+    # attention approximations: per matched site, applied or declined and why, its share of
+    # end-to-end time, predicted and measured speed-up, its own output error (edgeformer/sites.py)
+    sites: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

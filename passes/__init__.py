@@ -20,6 +20,7 @@ from .fold_layer_scale import FoldLayerScale
 from .fold_norm_affine import FoldNormAffine
 from .fold_pool_mixer import FoldPoolMixer
 from .fold_repbn import FoldRepBN
+from .kv_downsample import KvDownsample
 from .lower_group_norm import LowerGroupNorm
 from .merge_parallel_heads import MergeParallelHeads
 from .reparameterize_branches import ReparameterizeBranches
@@ -37,6 +38,7 @@ for _cls in (
     FoldNormAffine,
     LowerGroupNorm,
     DecomposeUnmaskedSdpa,
+    KvDownsample,
 ):
     register(_cls)
 

@@ -36,6 +36,12 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
         "-o", "--output", required=True, metavar="DIR", help="artifact folder (with several profiles: their parent)"
     )
     p.add_argument("--passes", metavar="+a,-b", help="add/drop passes from the default pipeline")
+    p.add_argument(
+        "--pass-option",
+        action="append",
+        metavar="PASS.KEY=VALUE",
+        help="an option of a pass in the pipeline, e.g. kv_downsample.stride=4 (repeatable)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the per-pass numerical check")
     p.add_argument("--dump-ir", metavar="DIR", help="write the readable IR after each pass")
     p.add_argument("--explain", action="store_true", help="report each pass match and each rejected near-miss")
@@ -95,6 +101,22 @@ def profile_list(args) -> list[str]:
     return names
 
 
+def pass_options(items) -> dict[str, dict[str, str]]:
+    """``["kv_downsample.stride=4", …]`` → ``{"kv_downsample": {"stride": "4"}}`` (typed by the pass)."""
+    from edgeformer.errors import UserError
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        left, eq, value = item.partition("=")
+        name, dot, key = left.strip().partition(".")
+        if not (eq and dot and name and key.strip()):
+            raise UserError(
+                f"--pass-option {item!r} is not PASS.KEY=VALUE", "write e.g. --pass-option kv_downsample.stride=4"
+            )
+        out.setdefault(name, {})[key.strip()] = value.strip()
+    return out
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -121,6 +143,7 @@ def run(args) -> int:
         max_error=args.max_error,
         min_speedup=args.min_speedup,
         force_approx=args.force_approx,
+        pass_options=pass_options(args.pass_option or ()),
     )
     # Everything is resolved before the first compile starts: a typo in the third profile must
     # not cost the first two compiles.

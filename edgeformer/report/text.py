@@ -207,7 +207,7 @@ def compile_summary(
         console.print(f"numerics: [yellow]skipped[/yellow] ({n.reason})")
     else:
         colour = "green" if n.status == "passed" else "red"
-        bound = f"atol {n.atol:g}" if n.atol is not None else f"quantized: cosine ≥ {n.min_cosine:g} checked"
+        bound = f"atol {n.atol:g}" if n.atol is not None else f"approximate: cosine ≥ {n.min_cosine:g} checked"
         console.print(
             f"numerics vs PyTorch: [{colour}]{n.status}[/{colour}]  max abs error {n.max_abs_error:.3e} "
             f"({bound})  cosine {n.cosine:.8f}"
@@ -233,8 +233,15 @@ def approximation_block(a, console) -> None:
     acc = a.accuracy
     data = acc["data"]
     label = "" if data.get("labelled") else " (no labels)"
-    console.print(f"[bold]approximation[/bold]: {a.kind}, judged on {acc['samples']} samples of {data['name']}{label}")
-    if str(acc["measured"]).startswith("not measured"):
+    if not acc["samples"]:
+        console.print(f"[bold]approximation[/bold]: {a.kind}: nothing approximated")
+    else:
+        console.print(
+            f"[bold]approximation[/bold]: {a.kind}, judged on {acc['samples']} samples of {data['name']}{label}"
+        )
+    if not acc["samples"]:
+        pass
+    elif str(acc["measured"]).startswith("not measured"):
         console.print(f"  accuracy: {acc['measured']}", markup=False)
     else:
         if acc.get("reference_top1"):
@@ -260,6 +267,7 @@ def approximation_block(a, console) -> None:
         verdict = "passed" if g["passed"] else "failed"
         value = "-" if g.get("value") is None else f"{g['value']:.4g}"
         console.print(f"  {g['name']} gate: {verdict} ({g['metric']} {value}, limit {g['limit']:g})", markup=False)
+    _sites(a, console)
     if a.kept_float:
         names = ", ".join(f"{k['layer']} ({k['source'] or '?'})" for k in a.kept_float)
         console.print(f"  kept in float (most sensitive first): {names}", markup=False)
@@ -286,6 +294,26 @@ def approximation_block(a, console) -> None:
         console.print(f"  speed gate: {sp.get('note') or 'not measured'}", markup=False)
     colour = "green" if a.shipped == "approximate" else "yellow"
     console.print(f"  [{colour}]shipped: {a.shipped}[/{colour}]: {a.reason}")
+
+
+def _sites(a, console) -> None:
+    """One line per attention site the driver judged (edgeformer/sites.py)."""
+    for d in getattr(a, "sites", None) or []:
+        if not d["details"].get("applied"):  # the pass itself could not rewrite it
+            console.print(f"  site {d['node']} ({d['source'] or '?'}): not matched: {d['reason']}", markup=False)
+            continue
+        share = "-" if d["share"] is None else f"{100 * d['share']:.1f} % ({d['share_from']})"
+        parts = [f"share {share}"]
+        if d["predicted_speedup"] is not None:
+            parts.append(f"predicted {d['predicted_speedup']:.2f}x")
+        if d["measured_speedup"] is not None:
+            parts.append(f"measured {d['measured_speedup']:.2f}x")
+        if d["cosine"] is not None:
+            parts.append(f"own cosine {d['cosine']:.6f}")
+        verdict = "applied" if d["applied"] else "declined"
+        console.print(
+            f"  site {d['node']} ({d['source'] or '?'}): {verdict}, {', '.join(parts)}: {d['reason']}", markup=False
+        )
 
 
 def profile_table(report, console, *, top: int = 15) -> None:
