@@ -95,10 +95,11 @@ def sweep(tokens: list[int], dims: list[int], args, tmp: Path) -> list[dict]:
                 for label, approx in [("exact", None), *APPROX.items()]:
                     passes = {approx[0]: approx[1]} if approx else None
                     key = f"{rt}/{label}"
-                    runner, _, rec = _compile(module, profile, tmp / f"{d}-{n}-{rt}-{label}", shape=x.shape, passes=passes)
+                    folder = tmp / f"{d}-{n}-{rt}-{label}"
+                    runner, _, rec = _compile(module, profile, folder, shape=x.shape, passes=passes)
                     outs[key] = np.asarray(runner.run([x])[0])
                     keys[key] = rec.details["sites"][0].get("new_keys") if rec else n
-                    runs[key] = lambda r=runner: r.run([x])
+                    runs[key] = lambda r=runner, x=x: r.run([x])
             t0 = time.perf_counter()
             runs_wanted = max(3, args.min_runs // (1 if n <= 1024 else 4 if n <= 4096 else 10))
             samples = latency.alternate(runs, min_runs=runs_wanted, min_seconds=args.min_seconds, blocks=args.blocks)
@@ -143,7 +144,10 @@ def end_to_end(models: list[str], args, tmp: Path) -> list[dict]:
         sites = rec.details["sites"] if rec else []
         row["sites_applied"] = sum(1 for s in sites if s.get("applied"))
         row["sites"] = len(sites)
-        runs = {"exact": lambda: exact.run([x]), "kv_downsample_s2": lambda: approx.run([x])}
+        runs = {
+            "exact": lambda r=exact, x=x: r.run([x]),
+            "kv_downsample_s2": lambda r=approx, x=x: r.run([x]),
+        }
         samples = latency.alternate(runs, min_runs=args.min_runs, min_seconds=args.min_seconds, blocks=args.blocks)
         med = {k: float(np.median(v)) for k, v in samples.items()}
         row.update(
@@ -161,7 +165,8 @@ def end_to_end(models: list[str], args, tmp: Path) -> list[dict]:
 def goals(rows: list[dict], e2e: list[dict]) -> list[str]:
     out = []
     for rt in RUNTIMES:
-        big = [r for r in rows if r["runtime"] == rt and r["approx"] == "kv_downsample_s2" and r["tokens"] >= GOAL_KV_TOKENS]
+        mine = [r for r in rows if r["runtime"] == rt and r["approx"] == "kv_downsample_s2"]
+        big = [r for r in mine if r["tokens"] >= GOAL_KV_TOKENS]
         if big:
             worst = min(big, key=lambda r: r["speedup"])
             ok = worst["speedup"] >= GOAL_KV_NODE
@@ -175,7 +180,8 @@ def goals(rows: list[dict], e2e: list[dict]) -> list[str]:
         ok = r["speedup"] >= 1.3 and r["cosine"] >= 0.99
         out.append(
             f"  {'ok  ' if ok else 'MISS'} PVTv2-B0 @512 ORT end to end with kv_downsample s=2: {r['speedup']:.2f}x at "
-            f"cosine {r['cosine']:.4f}; goal >= 1.3x at cosine >= 0.99 (kv_downsample alone; the other passes are not built yet)"
+            f"cosine {r['cosine']:.4f}; goal >= 1.3x at cosine >= 0.99 "
+            "(kv_downsample alone; the other passes are not built yet)"
         )
     return out
 
