@@ -42,6 +42,7 @@ key counts before and after.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from edgeformer.ir import source_path
 
 from ._attention import Site, conv_grids, find_attention, token_grid
-from ._graph import Editor, shape
+from ._graph import Editor, arg, is_op, shape
 from .base import Pass, PassResult
 
 aten = torch.ops.aten
@@ -63,6 +64,32 @@ class Options:
     min_keys: int = 0
     nodes: str = ""  # comma-separated attention node names to rewrite ("": every one that qualifies)
     min_share: float = 0.10  # the compiler's driver declines a site below this share of end-to-end time
+
+
+def _shared_kv(site: Site, keys: int):
+    """``(parent, dim, ik, iv)`` when k and v are two slots of one tensor along a batch axis
+    (``select(parent, dim, i)``, or items of one ``unbind``), so one pooling serves both."""
+    k, v = site.k, site.v
+
+    def slot(node):
+        if is_op(node, "aten.select"):
+            return node.args[0], node.args[1], node.args[2]
+        if node.op == "call_function" and node.target is operator.getitem and is_op(node.args[0], "aten.unbind"):
+            unbind = node.args[0]
+            return unbind.args[0], arg(unbind, "dim"), node.args[1]
+        return None
+
+    a, b = slot(k), slot(v)
+    if a is None or b is None or a[0] is not b[0]:
+        return None
+    parent, dim = a[0], a[1]
+    ps = shape(parent)
+    if not ps or dim != b[1] or ps[-2] != keys:
+        return None
+    dim %= len(ps)
+    if dim >= len(ps) - 2 or ps[dim] < 0:
+        return None
+    return parent, dim, a[2] % ps[dim], b[2] % ps[dim]
 
 
 def window_counts(h: int, w: int, s: int) -> torch.Tensor:
@@ -151,7 +178,17 @@ class KvDownsample(Pass):
                 return pooled
             return call(aten.cat.default, [call(aten.slice.Tensor, t, -2, 0, extra), pooled], -2)
 
-        k2, v2 = pool_tokens(site.k), pool_tokens(site.v)
+        shared = _shared_kv(site, keys)
+        if site.k is site.v:  # one tensor serves as both: pool it once
+            k2 = v2 = pool_tokens(site.k)
+        elif shared is not None:  # k, v = kv[0], kv[1] (PVTv2) or qkv.unbind()[1:] (ViT): pool kv once
+            parent, dim, ik, iv = shared
+            lo, hi = min(ik, iv), max(ik, iv) + 1
+            sub = parent if (lo, hi) == (0, shape(parent)[dim]) else call(aten.slice.Tensor, parent, dim, lo, hi)
+            pooled = pool_tokens(sub)
+            k2, v2 = call(aten.select.int, pooled, dim, ik - lo), call(aten.select.int, pooled, dim, iv - lo)
+        else:
+            k2, v2 = pool_tokens(site.k), pool_tokens(site.v)
         bias = self._pooled_bias(ed, site, extra, h, w, call)
         counts = window_counts(h, w, s)
         if o.proportional and (extra or not bool((counts == counts[0]).all())):

@@ -105,6 +105,8 @@ def test_it_computes_pooled_attention_exactly_as_written_out(form, grid, cls, st
     pooled = cls + math.ceil(grid[0] / stride) * math.ceil(grid[1] / stride)
     (site,) = rec.details["sites"]
     assert rec.matched == 1 and site == {**site, "applied": True, "keys": keys, "new_keys": pooled}
+    pools = [n for n in new.program.graph.nodes if "avg_pool2d" in str(n.target)]
+    assert len(pools) == 1  # k and v are two slots of one qkv tensor: pooled once, together
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         got = new.program.module()(x)
