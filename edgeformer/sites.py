@@ -78,21 +78,13 @@ def matched_sites(graph: ir.Graph, pipeline: Pipeline, name: str) -> list[dict]:
     return list(record.details.get("sites", []))
 
 
-def shares_from_profile(op_profile) -> dict[str, float]:
-    """Source module → share of end-to-end time, from a per-op profile."""
-    shares: dict[str, float] = defaultdict(float)
+def shares_from_profile(op_profile, field: str = "share") -> dict[str, float]:
+    """Source module → summed ``field`` ("share" of end-to-end time, or "time_ms") of its ops."""
+    out: dict[str, float] = defaultdict(float)
     for op in op_profile.ops:
         if op.source:
-            shares[op.source] += op.share
-    return dict(shares)
-
-
-def times_from_profile(op_profile) -> dict[str, float]:
-    times: dict[str, float] = defaultdict(float)
-    for op in op_profile.ops:
-        if op.source:
-            times[op.source] += op.time_ms
-    return dict(times)
+            out[op.source] += getattr(op, field)
+    return dict(out)
 
 
 def shares_from_macs(graph: ir.Graph) -> dict[str, float]:
@@ -193,7 +185,7 @@ def _flat(out) -> torch.Tensor:
 
 
 def measured_speedups(decisions: Sequence[SiteDecision], exact_profile, approx_profile) -> None:
-    before, after = times_from_profile(exact_profile), times_from_profile(approx_profile)
+    before, after = shares_from_profile(exact_profile, "time_ms"), shares_from_profile(approx_profile, "time_ms")
     for d in decisions:
         if d.applied and before.get(d.source) and after.get(d.source):
             d.measured_speedup = round(before[d.source] / after[d.source], 3)

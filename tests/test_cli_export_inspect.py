@@ -225,7 +225,7 @@ def test_data_dependent_branch_points_to_torch_cond(capfd, models):
 
 
 def test_wrong_resolution_for_a_zoo_model_names_the_fixed_attention_bias(capfd):
-    line = user_error(capfd, "inspect", "efficientformer_tiny", "--input-shape", "1x3x48x48")
+    line = user_error(capfd, "inspect", "efficientformer_v2_tiny", "--input-shape", "1x3x48x48")
     assert "attention-bias table" in line and "1x3x32x32" in line, line
 
 

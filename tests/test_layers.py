@@ -32,6 +32,7 @@ FLOORS: dict[str, float] = {
     "edgeformer.training": 3,
     "edgeformer.report": 3,
     "edgeformer.accuracy": 3,
+    "edgeformer.sites": 3,  # the attention-site driver of the compiler (uses passes)
     "edgeformer.streaming": 3,
     "edgeformer.search": 3,
     "edgeformer.bundle": 3,

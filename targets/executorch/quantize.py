@@ -199,6 +199,14 @@ def quantize(graph, calibration, mode: str, per_channel: bool = True):
 _CONVS = ("conv1d", "conv2d", "convolution")
 
 
+def _attr(module, target: str):
+    """``module``'s attribute at the dotted ``target`` of a get_attr node."""
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def batch_norms_as_convs(module) -> list[str]:
     """Rewrite ``module``'s inference batch norms that do not follow a conv into the depthwise
     1-tap conv they compute, ``w = γ / √(σ² + ε)``, ``b = β − μ·w``; returns their node names.
@@ -208,10 +216,7 @@ def batch_norms_as_convs(module) -> list[str]:
     import torch
 
     def getattr_path(target):
-        obj = module
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _attr(module, target)
 
     graph, done = module.graph, []
     for node in list(graph.nodes):
@@ -272,9 +277,7 @@ def float_conv1d_as_conv2d(module, keep: frozenset[str]) -> list[str]:
         x, weight, bias, stride, padding, dilation, groups = [*node.args, *defaults[len(node.args) - 2 :]]
         if weight.op != "get_attr":
             continue
-        obj = module
-        for part in weight.target.split("."):
-            obj = getattr(obj, part)
+        obj = _attr(module, weight.target)
         name = f"{node.name}_as_conv2d_weight"
         w2 = obj.detach().unsqueeze(2).contiguous()
         module.register_parameter(name, torch.nn.Parameter(w2, requires_grad=False))
