@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 import edgeformer
@@ -225,11 +226,22 @@ class Rewritten:
     reference: list[np.ndarray]  # the exported (pre-pass) program's outputs on its example inputs
 
 
-def rewrite(plan: Plan, *, check: bool = True, dump_ir: str | Path | None = None, explain: bool = False) -> Rewritten:
-    """Run the plan's pipeline (checked per pass unless ``check=False``) and the PyTorch reference."""
+def rewrite(
+    plan: Plan,
+    *,
+    check: bool = True,
+    dump_ir: str | Path | None = None,
+    explain: bool = False,
+    data: Sequence[Sequence[torch.Tensor]] | None = None,
+    data_origin: str = "",
+) -> Rewritten:
+    """Run the plan's pipeline (checked per pass unless ``check=False``) and the PyTorch reference.
+    ``data``: input tuples for the passes that fit constants to activations (``Pass.uses_data``;
+    without it they fit on the example inputs)."""
     graph = plan.graph
     reference = [t.detach().numpy() for t in ir.run(graph, graph.example_inputs)]
-    rewritten, records = plan.pipeline.manager(check=check, dump_dir=dump_ir, explain=explain).run(graph)
+    manager = plan.pipeline.manager(check=check, dump_dir=dump_ir, explain=explain, data=data, data_origin=data_origin)
+    rewritten, records = manager.run(graph)
     return Rewritten(rewritten, records, reference)
 
 
@@ -423,6 +435,19 @@ def approx_settings(
     )
 
 
+def pass_data(settings: ApproxSettings | None, graph: ir.Graph) -> tuple[list[tuple[torch.Tensor, ...]] | None, str]:
+    """The input tuples the fitting passes (``Pass.uses_data``) fit on: the --calib samples (never
+    --eval, which judges them), else None (they fit on the example inputs), and what they are."""
+    if settings is None or settings.calib is None:
+        return None, ""
+    dtypes = [t.dtype for t in graph.example_inputs]
+    samples = [
+        tuple(torch.from_numpy(np.asarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
+        for arrays, _ in settings.calib.batches(_batch(graph))
+    ]
+    return samples, f"{len(settings.calib)} samples of --calib {settings.calib.name}"
+
+
 def _batch(graph: ir.Graph) -> int:
     shape = graph.input_shapes()[0] if graph.input_names else [1]
     return shape[0] if shape and shape[0] > 0 else 1
@@ -502,7 +527,8 @@ def approximate(
             return _every_site_declined(kind, prof, exact, decisions, settings, weights)
         if chosen != p.pipeline:
             p = Plan(p.source, prof, target, chosen, p.cache_key)
-            rewritten = rewrite(p)
+            fit_data, fit_origin = pass_data(settings, graph)
+            rewritten = rewrite(p, data=fit_data, data_origin=fit_origin)
             approx_passes = approximating_passes(p.pipeline)
 
     stage("verify", f"exact fp32 reference on {len(data)} samples of {data.name}")
@@ -656,7 +682,7 @@ def approximate(
         speed.forced = settings.force
 
     if decisions:
-        _measure_sites(p, target, prof, built, exact_ops, decisions, data, batch, stage)
+        _measure_sites(p, target, prof, built, exact_ops, decisions, data, batch, stage, settings)
     calib_dict = calib.to_dict() if calib is not None and needs else None
     report = ApproximationReport(
         kind=kind,
@@ -712,7 +738,7 @@ def _choose_sites(p, exact_plan, exact_rw, exact, settings, names, batch):
     decisions = []
     for name in names:
         options = get_pass(name)(**p.pipeline.options.get(name, {})).options
-        found = sites.matched_sites(exact_rw.graph, p.pipeline, name)
+        found = sites.matched_sites(exact_rw.graph, p.pipeline, name, *pass_data(settings, exact_rw.graph))
         decisions += sites.decide(name, found, shares, share_from, options.min_share, settings.min_speedup)
     for d in decisions:
         log.info("%s %s (%s): %s", d.pass_name, d.node, d.source, "applied" if d.applied else f"declined: {d.reason}")
@@ -743,11 +769,11 @@ def _every_site_declined(kind, prof, exact, decisions, settings, weights) -> Bui
     return exact
 
 
-def _measure_sites(p, target, prof, built, exact_ops, decisions, data, batch, stage) -> None:
+def _measure_sites(p, target, prof, built, exact_ops, decisions, data, batch, stage, settings) -> None:
     """Per applied site: its measured speed-up (per-op profiles) and its own output error."""
     stage("verify", "attention sites: their own output error and measured speed-up")
     samples = [arrays for arrays, _ in data.subset(min(len(data), sites.ERROR_SAMPLES)).batches(batch)]
-    sites.site_errors(p.graph, p.pipeline, decisions, samples)
+    sites.site_errors(p.graph, p.pipeline, decisions, samples, *pass_data(settings, p.graph))
     if exact_ops is not None and target.can_run_here(prof) is None:
         try:
             approx_ops = target.profile_ops(
@@ -990,7 +1016,8 @@ def compile(  # noqa: A001 - the public verb
     names = p.pipeline.names
     stage("passes", f"{len(names)} passes: {', '.join(names) or '(none)'}")
     t0 = time.perf_counter()
-    rewritten = rewrite(p, check=check, dump_ir=dump_ir, explain=explain)
+    data, data_origin = pass_data(settings, p.graph)
+    rewritten = rewrite(p, check=check, dump_ir=dump_ir, explain=explain, data=data, data_origin=data_origin)
     stage_times["passes"] = time.perf_counter() - t0
 
     tmp = make_temp_dir(f".{out_dir.name}.tmp-", out_dir.parent)

@@ -70,11 +70,14 @@ def site_passes(pipeline: Pipeline) -> list[str]:
     return out
 
 
-def matched_sites(graph: ir.Graph, pipeline: Pipeline, name: str) -> list[dict]:
+def matched_sites(graph: ir.Graph, pipeline: Pipeline, name: str, data=None, data_origin: str = "") -> list[dict]:
     """Every attention the pass sees in ``graph`` (the IR after the passes before it), with its own
-    verdict, from a dry run of the pass alone."""
+    verdict, from a dry run of the pass alone (``data``: what a fitting pass fits on)."""
     options = {k: v for k, v in pipeline.options.get(name, {}).items() if k != "nodes"}
-    _, (record,) = PassManager([name], options={name: options}, check=False).run(graph)
+    manager = PassManager(
+        [name], options={name: options}, check=False, data=data, data_origin=data_origin, dry_run=True
+    )
+    _, (record,) = manager.run(graph)
     return list(record.details.get("sites", []))
 
 
@@ -155,7 +158,12 @@ def with_nodes(pipeline: Pipeline, decisions: Sequence[SiteDecision]) -> Pipelin
 
 
 def site_errors(
-    graph: ir.Graph, pipeline: Pipeline, decisions: Sequence[SiteDecision], samples: Sequence[Sequence[np.ndarray]]
+    graph: ir.Graph,
+    pipeline: Pipeline,
+    decisions: Sequence[SiteDecision],
+    samples: Sequence[Sequence[np.ndarray]],
+    data=None,
+    data_origin: str = "",
 ) -> None:
     """Each applied site's own output error: the pipeline with only that site rewritten, run in
     PyTorch on ``samples``, against the exact IR (``graph``, before passes)."""
@@ -170,7 +178,7 @@ def site_errors(
             pipeline.names,
             {**pipeline.options, d.pass_name: {**pipeline.options.get(d.pass_name, {}), "nodes": d.node}},
         )
-        new, _ = one.manager(check=False).run(graph)
+        new, _ = one.manager(check=False, data=data, data_origin=data_origin).run(graph)
         module = new.program.module()
         with torch.no_grad():
             got = [_flat(module(*x)) for x in inputs]

@@ -138,3 +138,26 @@ def token_grid(tokens: int, grids: set[tuple[int, int]]) -> tuple[int, int, int]
         opts = ", ".join(f"{h}x{w}+{e}" for e, h, w in sorted(found))
         return f"{tokens} keys fit several conv grids ({opts}): ambiguous"
     return next(iter(found))
+
+
+def capture(graph, names: set[str], samples) -> dict[str, list[torch.Tensor]]:
+    """The values of the nodes ``names`` (fx node names of ``graph.program``) on each input tuple of
+    ``samples``: ``{name: [value per sample]}``, for the passes that fit constants to activations."""
+    from edgeformer.ir import warnings_hidden
+
+    with warnings_hidden():
+        module = graph.program.module()
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    class _Capture(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in seen and isinstance(out, torch.Tensor):
+                seen[n.name].append(out.detach().clone())
+            return out
+
+    interp = _Capture(module)
+    with warnings_hidden(), torch.no_grad():
+        for sample in samples:
+            interp.run(*sample)
+    return seen

@@ -22,6 +22,7 @@ import logging
 import time
 import typing
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -74,6 +75,13 @@ class Pass:
     summary: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     Options: ClassVar[type] = _NoOptions
+    # A pass that fits constants to activations (linear_attention's feature maps, landmark_attention's
+    # constants) sets this; the PassManager then hands it ``data`` (input tuples: --calib samples, else
+    # the graph's example inputs) and ``data_origin`` (what they are) before ``run``.
+    uses_data: ClassVar[bool] = False
+    data: list[tuple[torch.Tensor, ...]] | None = None
+    data_origin: str = ""
+    dry_run: bool = False  # the driver's dry run (edgeformer/sites.py): report sites, fitting may be skipped
 
     def __init__(self, **options):
         known = {f.name: f for f in dataclasses.fields(self.Options)}
@@ -169,6 +177,9 @@ class PassManager:
         dump_dir: str | Path | None = None,
         explain: bool = False,
         options: dict[str, dict] | None = None,
+        data: Sequence[Sequence[torch.Tensor]] | None = None,
+        data_origin: str = "",
+        dry_run: bool = False,
     ):
         options = dict(options or {})
         for n in options:
@@ -183,6 +194,9 @@ class PassManager:
         self.rtol = rtol
         self.dump_dir = Path(dump_dir) if dump_dir else None
         self.explain = explain
+        self.data = [tuple(x) for x in data] if data else None
+        self.data_origin = data_origin
+        self.dry_run = dry_run
 
     def run(self, graph: Graph) -> tuple[Graph, list[PassRecord]]:
         records = []
@@ -195,6 +209,10 @@ class PassManager:
         hist = _histogram(graph)
         for i, p in enumerate(self.passes, 1):
             t0 = time.perf_counter()
+            if p.uses_data:
+                p.data = self.data or [tuple(graph.example_inputs)]
+                p.data_origin = (self.data_origin or "calibration data") if self.data else "the example inputs (random)"
+                p.dry_run = self.dry_run
             try:
                 result = p.run(graph)
             except UserError:
