@@ -147,7 +147,29 @@ def plan(
     pipeline = target.default_pipeline(prof).edited(prof.pipeline.add, prof.pipeline.drop, passes)
     pipeline = with_pass_options(pipeline, prof.pipeline.options, pass_options or {})
     source = load_model(model, input_shapes=input_shapes, weights=weights, factory_args=factory_args)
+    pipeline = _model_transforms_first(pipeline, source)
     return Plan(source, prof, target, pipeline, _cache_key(source, pipeline, target, prof))
+
+
+def _model_transforms_first(pipeline: Pipeline, source: ModelSource) -> Pipeline:
+    """Passes that transform the ``nn.Module`` before export (``Pass.model_transform``, e.g.
+    token_merge, which changes the token count of every later op) go first, and the exported graph
+    gets a hook to the module it came from, which they call; the exact twin (the pipeline without
+    them) keeps the original export.  A graph without a module (a .pt2) gets no hook: they decline."""
+    names = [n for n in pipeline.names if getattr(get_pass(n), "model_transform", None)]
+    if not names:
+        return pipeline
+    if source.module is not None:
+        module = source.module
+
+        def model_transform(graph: ir.Graph, cls, options):
+            import importlib
+
+            ref, _, attr = cls.model_transform.partition(":")
+            return getattr(importlib.import_module(ref), attr)(module, graph, options)
+
+        source.graph.model_transform = model_transform
+    return Pipeline((*names, *(n for n in pipeline.names if n not in names)), pipeline.options)
 
 
 def with_pass_options(pipeline: Pipeline, *layers: Mapping[str, Mapping[str, object]]) -> Pipeline:
@@ -530,6 +552,12 @@ def approximate(
             fit_data, fit_origin = pass_data(settings, graph)
             rewritten = rewrite(p, data=fit_data, data_origin=fit_origin)
             approx_passes = approximating_passes(p.pipeline)
+    unchanged = [r for r in rewritten.records if r.name in approx_passes and not r.changed]
+    if approx_passes and not is_approximate(prof) and len(unchanged) == len(approx_passes):
+        why = "; ".join(f"{r.name}: {_declined_why(r.details)}" for r in unchanged)
+        return _every_site_declined(
+            kind, prof, exact, decisions, settings, weights, f"nothing was approximated ({why})"
+        )
 
     stage("verify", f"exact fp32 reference on {len(data)} samples of {data.name}")
     reference = accuracy.reference_outputs(graph, data, batch)
@@ -745,7 +773,16 @@ def _choose_sites(p, exact_plan, exact_rw, exact, settings, names, batch):
     return decisions, exact_ops
 
 
-def _every_site_declined(kind, prof, exact, decisions, settings, weights) -> Built:
+def _declined_why(details: dict) -> str:
+    """Why an approximating pass rewrote nothing, from its record's details."""
+    if details.get("reason"):
+        return str(details["reason"])
+    rows = details.get("sites") or details.get("blocks") or []
+    reasons = sorted({str(r.get("reason")) for r in rows if r.get("reason")})
+    return "; ".join(reasons[:3]) or "nothing matched"
+
+
+def _every_site_declined(kind, prof, exact, decisions, settings, weights, reason: str = "") -> Built:
     """Nothing to approximate where it pays: the exact artifact ships, and says why per site."""
     declined = [d for d in decisions if d.details.get("applied")]
     why = "; ".join(f"{d.node} ({d.source}): {d.reason}" for d in declined[:3]) or "no attention matched"
@@ -754,7 +791,9 @@ def _every_site_declined(kind, prof, exact, decisions, settings, weights) -> Bui
         kind=kind,
         requested_profile=prof.name,
         shipped="exact",
-        reason=f"every attention site was declined, so the exact artifact ships: {why}",
+        reason=f"{reason}, so the exact artifact ships"
+        if reason
+        else f"every attention site was declined, so the exact artifact ships: {why}",
         accuracy=accuracy.AccuracyBlock(
             data=settings.measure_on.to_dict(),
             samples=0,

@@ -12,6 +12,7 @@ from ._affine import bn_scale_shift
 from ._pipeline import PIPELINES, Pipeline, resolve_pipeline
 from ._registry import describe_passes, get_pass, pass_names, register
 from .base import Pass, PassCheckError, PassManager, PassResult, PassStats
+from .binary_attention import BinaryAttention
 from .decompose_unmasked_sdpa import DecomposeUnmaskedSdpa
 from .densify_attention_bias import DensifyAttentionBias
 from .fold_batchnorm import FoldBatchNorm
@@ -21,9 +22,12 @@ from .fold_norm_affine import FoldNormAffine
 from .fold_pool_mixer import FoldPoolMixer
 from .fold_repbn import FoldRepBN
 from .kv_downsample import KvDownsample
+from .landmark_attention import LandmarkAttention
+from .linear_attention import LinearAttention
 from .lower_group_norm import LowerGroupNorm
 from .merge_parallel_heads import MergeParallelHeads
 from .reparameterize_branches import ReparameterizeBranches
+from .token_merge import TokenMerge
 
 # --- explicit registration (one line per pass file) ----------------------------------------------
 for _cls in (
@@ -39,6 +43,10 @@ for _cls in (
     LowerGroupNorm,
     DecomposeUnmaskedSdpa,
     KvDownsample,
+    BinaryAttention,
+    LandmarkAttention,
+    LinearAttention,
+    TokenMerge,
 ):
     register(_cls)
 

@@ -297,23 +297,24 @@ def approximation_block(a, console) -> None:
 
 
 def _sites(a, console) -> None:
-    """One line per attention site the driver judged (edgeformer/sites.py)."""
+    """The driver's table (edgeformer/sites.py): one row per attention site each site pass saw."""
+    rows = []
     for d in getattr(a, "sites", None) or []:
-        if not d["details"].get("applied"):  # the pass itself could not rewrite it
-            console.print(f"  site {d['node']} ({d['source'] or '?'}): not matched: {d['reason']}", markup=False)
-            continue
-        share = "-" if d["share"] is None else f"{100 * d['share']:.1f} % ({d['share_from']})"
-        parts = [f"share {share}"]
-        if d["predicted_speedup"] is not None:
-            parts.append(f"predicted {d['predicted_speedup']:.2f}x")
-        if d["measured_speedup"] is not None:
-            parts.append(f"measured {d['measured_speedup']:.2f}x")
-        if d["cosine"] is not None:
-            parts.append(f"own cosine {d['cosine']:.6f}")
-        verdict = "applied" if d["applied"] else "declined"
-        console.print(
-            f"  site {d['node']} ({d['source'] or '?'}): {verdict}, {', '.join(parts)}: {d['reason']}", markup=False
-        )
+        matched = d["details"].get("applied")
+        verdict = "applied" if d["applied"] else "declined" if matched else "not matched"
+        share = "-" if d["share"] is None else f"{100 * d['share']:.1f}% ({d['share_from']})"
+
+        def x(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        rows.append((
+            d["pass_name"], d["node"], d["source"] or "?", verdict, share, x(d["predicted_speedup"], ".2f"),
+            x(d["measured_speedup"], ".2f"), x(d["cosine"], ".6f"), x(d["max_abs_error"], ".3g"), d["reason"],
+        ))  # fmt: skip
+    if rows:
+        columns = ["pass", "node", "source", "verdict", "share", "predicted ×", "measured ×", "own cosine",
+                   "own max |Δ|", "reason"]  # fmt: skip
+        console.print(table("attention sites", columns, rows, justify_right=(5, 6, 7, 8)))
 
 
 def profile_table(report, console, *, top: int = 15) -> None:
