@@ -785,7 +785,10 @@ def _declined_why(details: dict) -> str:
 def _every_site_declined(kind, prof, exact, decisions, settings, weights, reason: str = "") -> Built:
     """Nothing to approximate where it pays: the exact artifact ships, and says why per site."""
     declined = [d for d in decisions if d.details.get("applied")]
-    why = "; ".join(f"{d.node} ({d.source}): {d.reason}" for d in declined[:3]) or "no attention matched"
+    why = "; ".join(f"{d.node} ({d.source}): {d.reason}" for d in declined[:3])
+    if not why:  # nothing the pass could rewrite: say why it could not
+        unmatched = sorted({d.reason for d in decisions if d.reason})
+        why = "no attention the pass can rewrite" + (f" ({'; '.join(unmatched[:3])})" if unmatched else "")
     speed = accuracy.SpeedGate(measured=False, min_speedup=settings.min_speedup, note="nothing was approximated")
     exact.manifest.approximation = ApproximationReport(
         kind=kind,

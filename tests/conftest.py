@@ -80,7 +80,7 @@ def user_models(tmp_path, monkeypatch):
 # Trained tiny digits models for the accuracy tests: short runs of the recipes (accuracy is only
 # meaningful on trained weights).  Epochs chosen so each trains in ~10-20 s on 2 cores and
 # reaches > 90 % held-out top-1; trained once per session.
-TRAINED_EPOCHS = {"poolformer_tiny": 5, "efficientformer_tiny": 5, "lmuformer_tiny": 8, "pvt_v2_tiny": 8}
+TRAINED_EPOCHS = {"poolformer_tiny": 5, "efficientformer_tiny": 5, "lmuformer_tiny": 8, "pvt_v2_tiny": 8, "vit_tiny": 8}
 
 
 @pytest.fixture(scope="session")
