@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgeformer import ir
+
 MODES = ("auto", "block", "attention")
 _VIT_ATTN_CHILDREN = {"qkv", "proj", "q_norm", "k_norm", "attn_drop", "proj_drop", "norm"}
 _BLOCK_EXTRA = {"ls1", "ls2", "drop_path", "drop_path1", "drop_path2"}
@@ -473,8 +475,6 @@ def _count_tokens(model: nn.Module, state: _State, inputs) -> list[tuple[int, in
 def transform(module: nn.Module, graph, options) -> tuple[object | None, dict]:
     """The ``token_merge`` pass's model transform: a merged copy of ``module`` exported like
     ``graph`` (same example inputs, names, dynamic batch), or ``(None, report)`` when declined."""
-    from edgeformer import ir
-
     model = copy.deepcopy(module).eval()
     inputs = tuple(graph.example_inputs)
     model, report = apply(

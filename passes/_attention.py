@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from edgeformer.ir import warnings_hidden
+
 from ._graph import arg, is_op, shape, strip_permutes
 
 _MATMULS = ("aten.matmul", "aten.bmm")
@@ -143,8 +145,6 @@ def token_grid(tokens: int, grids: set[tuple[int, int]]) -> tuple[int, int, int]
 def capture(graph, names: set[str], samples) -> dict[str, list[torch.Tensor]]:
     """The values of the nodes ``names`` (fx node names of ``graph.program``) on each input tuple of
     ``samples``: ``{name: [value per sample]}``, for the passes that fit constants to activations."""
-    from edgeformer.ir import warnings_hidden
-
     with warnings_hidden():
         module = graph.program.module()
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
