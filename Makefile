@@ -30,7 +30,7 @@ test: setup cross-toolchain
 	$(BIN)/python -m pytest -q
 
 # Side-by-side measurements (not tests); each writes bench-results/<name>.json.
-BENCHES ?= host_latency passes targets target_matrix tvm_tuning train_tiny zoo quantize int8_pool_mixer attention
+BENCHES ?= host_latency passes targets target_matrix tvm_tuning train_tiny zoo quantize int8_pool_mixer attention streaming
 bench: setup cross-toolchain
 	@set -e; for b in $(BENCHES); do \
 	  if [ -f benchmarks/$$b.py ]; then echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; fi; \

@@ -63,6 +63,8 @@ from edgeformer.manifest import (
 from edgeformer.numerics import EMULATED_PRECISIONS, compare, emulate
 from edgeformer.passes import Pipeline, get_pass
 from edgeformer.sources import ModelSource, load_model
+from edgeformer.streaming import block as streaming_block
+from edgeformer.streaming import check as check_stream
 from edgeformer.targets import Calibration, CompileResult, Target, get_target
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,9 @@ def resolve_target(profile: str | Path | DeviceProfile | None) -> tuple[DevicePr
     return prof, target
 
 
+_STREAM_FIX = "drop --streaming, or use an fp32 profile: host-ort, host-openvino, host-executorch, host-tvm"
+
+
 def _which_do(precision: str) -> str:
     """The fix for a refused precision: the shipped profiles whose target produces it."""
     names = [n for n in profile_names() if load_profile(n).options.precision == precision]
@@ -139,14 +144,20 @@ def plan(
     passes: str | None = None,
     factory_args: Mapping[str, object] | None = None,
     pass_options: Mapping[str, Mapping[str, object]] | None = None,
+    streaming: bool = False,
 ) -> Plan:
     """Export MODEL and decide its pipeline for ``profile`` (``passes``: CLI edits like ``+a,-b``;
     ``factory_args``: keyword arguments for a ``package.module:factory``; ``pass_options``: pass
-    name -> options, over the profile's ``[pipeline.options]``)."""
+    name -> options, over the profile's ``[pipeline.options]``; ``streaming``: export one step
+    with explicit state, edgeformer/streaming.py)."""
     prof, target = resolve_target(profile)
+    if streaming and (why := target.cannot_stream(prof)):
+        raise UserError(f"--streaming on profile {prof.name}: {why}", _STREAM_FIX)
     pipeline = target.default_pipeline(prof).edited(prof.pipeline.add, prof.pipeline.drop, passes)
     pipeline = with_pass_options(pipeline, prof.pipeline.options, pass_options or {})
-    source = load_model(model, input_shapes=input_shapes, weights=weights, factory_args=factory_args)
+    source = load_model(
+        model, input_shapes=input_shapes, weights=weights, factory_args=factory_args, streaming=streaming
+    )
     pipeline = _model_transforms_first(pipeline, source)
     return Plan(source, prof, target, pipeline, _cache_key(source, pipeline, target, prof))
 
@@ -959,6 +970,8 @@ def compile(  # noqa: A001 - the public verb
     min_speedup: float | None = None,
     force_approx: bool = False,
     pass_options: Mapping[str, Mapping[str, object]] | None = None,
+    streaming: bool = False,
+    frame_period_ms: float | None = None,
 ) -> CompileReport:
     """Compile MODEL for a device profile into ``out_dir``; see the module docstring.
 
@@ -971,6 +984,10 @@ def compile(  # noqa: A001 - the public verb
     (``edgeformer.data.load_data``: "digits", a .npz, an image folder, "sample-images");
     ``max_accuracy_drop``, ``max_error``, ``min_speedup`` and ``calib_size`` override the
     profile's [approximation]; ``force_approx`` ships an approximation that failed the speed gate.
+
+    ``streaming`` exports one step of the model with explicit state (edgeformer/streaming.py) and
+    checks it by streaming frames through the target's runtime; ``frame_period_ms`` is the frame
+    hop the manifest records (the real-time factor ``edgeformer profile`` reports is against it).
     """
     t_start = time.perf_counter()
     stage_times: dict[str, float] = {}
@@ -982,6 +999,8 @@ def compile(  # noqa: A001 - the public verb
 
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     prof, target = resolve_target(with_precision(prof, precision))
+    if streaming and (why := target.cannot_stream(prof)):
+        raise UserError(f"--streaming on profile {prof.name}: {why}", _STREAM_FIX)
     if target.needs_calibration(prof) and calib is None:
         raise UserError(
             f"profile {prof.name} quantizes to {prof.options.precision}, which needs calibration data",
@@ -1004,13 +1023,27 @@ def compile(  # noqa: A001 - the public verb
         passes=passes,
         factory_args=factory_args,
         pass_options=pass_options,
+        streaming=streaming,
     )
     stage_times["export"] = time.perf_counter() - t0
+    if frame_period_ms is not None and (not streaming or frame_period_ms <= 0):
+        raise UserError(
+            f"--frame-period-ms {frame_period_ms:g}: " + ("it must be > 0" if streaming else "it needs --streaming"),
+            "pass --streaming --frame-period-ms 10 (the frame hop in milliseconds)",
+        )
+    if streaming:
+        p.cache_key = hashlib.sha256(f"{p.cache_key} streaming {frame_period_ms}".encode()).hexdigest()
     # The contract runs on every approximate compile (a lower precision, compression, or an
     # approximating pass) whose artifact and exact twin run here: with --calib/--eval on that data,
     # else on random probe inputs (errors and the speed gate, no accuracy).  Device profiles without
     # data keep the plain verify (emulated where it can be).
     approximate_compile = is_approximate(prof) or bool(approximating_passes(p.pipeline))
+    if streaming and approximating_passes(p.pipeline):
+        raise UserError(
+            f"--streaming compiles are exact: --passes adds {', '.join(approximating_passes(p.pipeline))}, "
+            "which approximates",
+            "drop --streaming, or drop the approximating pass",
+        )
     probe_only = calib is None and eval is None and target.can_run_here(prof) is None
     probe_only = probe_only and target.can_verify_here(prof) is None and not target.needs_calibration(prof)
     contract = approximate_compile and (
@@ -1096,6 +1129,18 @@ def compile(  # noqa: A001 - the public verb
                 f"{p.target.name} outputs disagree with PyTorch: {built.manifest.numerics.reason}",
                 kept + _numerics_fix(p.profile.options.precision, built.manifest.numerics),
             )
+        if streaming:
+            stage("verify", f"streaming frames through the {p.target.name} step artifact")
+            t0 = time.perf_counter()
+            try:
+                _check_stream(p, built, frame_period_ms)
+            except NumericsError as err:
+                if keep is not None:
+                    built.manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
+                    write(built, keep, flag="--keep-failed")
+                    raise NumericsError(err.problem, f"the failed build is kept in {keep}; {err.fix}") from err
+                raise
+            stage_times["verify"] += time.perf_counter() - t0
 
         stage("write", str(out_dir))
         built.manifest.compile_time_s = round(time.perf_counter() - t_start, 3)
@@ -1106,6 +1151,31 @@ def compile(  # noqa: A001 - the public verb
     if use_cache:
         _store_in_cache(out_dir, cache_dir)
     return CompileReport(out_dir, built.manifest, False, stage_times, "", time.perf_counter() - t_start)
+
+
+def _check_stream(p: Plan, built: Built, frame_period_ms: float | None) -> None:
+    """The manifest's streaming block and its numerics check (raises when the check fails)."""
+    m, step = built.manifest, p.source.module
+    m.streaming = streaming_block(step, m.inputs, m.outputs, frame_period_ms)
+    if note := built.result.details.get("streaming"):  # e.g. Core ML: the states are model states
+        m.streaming["note"] = note
+    reason = p.target.can_verify_here(p.profile)
+    if reason:
+        m.streaming["check"] = {"status": "skipped", "reason": reason}
+        return
+    n = p.profile.numerics
+    tolerances = {"atol": n.atol, "rtol": n.rtol, "scale_rtol": n.scale_rtol, "min_cosine": n.min_cosine}
+    runner = p.target.load(Artifact(built.folder, m, p.profile))
+    try:
+        m.streaming["check"] = check_stream(runner, m.streaming, m.inputs, m.outputs, step, tolerances)
+    finally:
+        runner.close()
+    if m.streaming["check"]["status"] == "failed":
+        raise NumericsError(
+            f"the {p.target.name} step artifact streams differently from the parallel model: "
+            f"{m.streaming['check']['reason']}",
+            "report it with the model and profile (edgeformer compile --debug shows where)",
+        )
 
 
 def _numerics_fix(precision: str, report: NumericsReport) -> str:

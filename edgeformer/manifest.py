@@ -176,6 +176,10 @@ class Manifest:
     # Set when anything approximate was requested (a lower precision, compression, an approximating
     # pass) and the approximation contract ran; None for exact compiles.
     approximation: ApproximationReport | None = None
+    # Set by ``compile --streaming`` (edgeformer/streaming.py): the frame, flush, logits and paired
+    # state tensors a host drives the step artifact with, the look-ahead delay, the frame period and
+    # the streaming numerics check; None for a whole-window artifact.
+    streaming: dict | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -242,11 +242,14 @@ def load_model(
     dynamic_batch: bool = False,
     name: str | None = None,
     factory_args: Mapping[str, object] | None = None,
+    streaming: bool = False,
 ) -> ModelSource:
     """Resolve MODEL (zoo name | file.pt2 | package.module:factory | nn.Module | ir.Graph) to the IR.
 
     ``input_shapes`` items may be :class:`InputShape` (from :func:`parse_shape`) to carry dtypes.
     ``factory_args`` are keyword arguments for a ``package.module:factory`` (``--factory-arg``).
+    ``streaming``: export one step of the model with explicit state (its ``step_model()``,
+    edgeformer/streaming.py) instead of the whole window; the source's module is then the step.
     """
     factory_args = dict(factory_args or {})
     if isinstance(ref, ir.Graph):
@@ -315,6 +318,8 @@ def load_model(
         info.weights_origin = "checkpoint"
         info.weights = WeightsInfo(str(w), sha256_file(w), **(loaded if isinstance(loaded, dict) else {}))
     module.eval()
+    if streaming:
+        return _step_source(module, info, shapes)
     input_names = None
     if spec is not None:
         info.resolution = _adapt_resolution(spec, module, shapes)
@@ -329,6 +334,45 @@ def load_model(
             raise better from err
         raise
     return ModelSource(graph, info, module)
+
+
+def step_module(module: nn.Module, what: str, batch: int = 1) -> nn.Module:
+    """``module.step_model(batch)``, or one clear error naming what a streamable module offers."""
+    make = getattr(module, "step_model", None)
+    if not callable(make):
+        raise UserError(
+            f"{what} cannot be compiled --streaming: it offers no step interface (a step_model() method "
+            "returning one step with explicit state inputs and outputs, as lmuformer and spiking_lmuformer do)",
+            "compile it without --streaming, or give the module a step_model() (docs/streaming.md)",
+        )
+    step = make(batch)
+    missing = [a for a in ("states", "delay", "example_inputs", "input_names", "net") if not hasattr(step, a)]
+    if missing:
+        raise UserError(
+            f"{what}.step_model() lacks {', '.join(missing)}: not the step interface --streaming exports",
+            "see docs/streaming.md for what a step model provides",
+        )
+    return step.eval()
+
+
+def _step_source(module: nn.Module, info: ModelInfo, shapes: list) -> ModelSource:
+    """One step of ``module`` (``step_model()``) exported with its frame, flush and state inputs;
+    the batch is the first dimension of the (window) input shape."""
+    step = step_module(module, info.name, batch=int(shapes[0][0]) if shapes and shapes[0] else 1)
+    if len(shapes) != 1 or len(shapes[0]) != 3:
+        raise UserError(
+            f"--streaming takes one (batch, frames, channels) input shape, got {' '.join(map(_shape_text, shapes))}",
+            "pass --input-shape 1x128x128 (the window the parallel model takes)",
+        )
+    if shapes[0][2] != step.frame_shape()[1]:
+        raise UserError(
+            f"{info.name} streams frames of {step.frame_shape()[1]} channels, the input shape has {shapes[0][2]}",
+            "keep the model's channel count in --input-shape",
+        )
+    # the verify step starts from a live state (every stage and the tail past their look-ahead)
+    inputs = tuple(step.example_inputs(frames=int(step.delay) + 3))
+    graph = ir.export(step, inputs, name=info.name, input_names=step.input_names())
+    return ModelSource(graph, info, step)
 
 
 def _zoo_inputs(spec: ModelSpec, shapes: list) -> tuple[torch.Tensor, ...]:

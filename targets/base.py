@@ -256,6 +256,16 @@ class Target(ABC):
         also reported against those, since they are what the runtime's plain user gets.  () here."""
         return ()
 
+    def cannot_stream(self, profile: DeviceProfile) -> str | None:
+        """Why this target cannot compile a streaming step for ``profile`` (None: it can).  The
+        step is exact fp32: a lower precision would drift the carried state frame after frame."""
+        if profile.options.precision != "fp32":
+            return (
+                f"streaming steps compile at fp32, the profile asks for {profile.options.precision} "
+                "(rounding would accumulate in the carried state)"
+            )
+        return None
+
     def needs_calibration(self, profile: DeviceProfile) -> bool:
         """True when compiling ``profile`` needs calibration data (an int8 artifact, W8A8 Core ML)."""
         return profile.options.precision in self.calibrated_precisions

@@ -52,6 +52,18 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
         help="when the numerics check fails, keep the build there (files and manifest) to inspect it",
     )
     p.add_argument("--progress", action="store_true", help="show the progress display even when not on a terminal")
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="export one step (a frame in, the logits so far out) with every state an explicit input and "
+        "output, and check it against the whole window (docs/streaming.md)",
+    )
+    p.add_argument(
+        "--frame-period-ms",
+        type=float,
+        metavar="MS",
+        help="with --streaming: the frame hop the model assumes, recorded in the manifest (e.g. 10)",
+    )
     a = p.add_argument_group(
         "approximations (docs/measurement.md: the approximation contract)",
         "A lower precision is judged against the exact fp32 model on your data; it ships only when it keeps "
@@ -144,6 +156,8 @@ def run(args) -> int:
         min_speedup=args.min_speedup,
         force_approx=args.force_approx,
         pass_options=pass_options(args.pass_option or ()),
+        streaming=args.streaming,
+        frame_period_ms=args.frame_period_ms,
     )
     # Everything is resolved before the first compile starts: a typo in the third profile must
     # not cost the first two compiles.

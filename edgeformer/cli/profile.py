@@ -35,6 +35,17 @@ def add_parser(subparsers, common, model_args) -> argparse.ArgumentParser:
     p.add_argument("--ops", action="store_true", help="per-op breakdown from the runtime's profiler")
     p.add_argument("--ops-runs", type=int, default=10, help="runs averaged for --ops (default 10)")
     p.add_argument("--top", type=int, default=15, help="ops to show (default 15)")
+    p.add_argument(
+        "--frame-period-ms",
+        type=float,
+        metavar="MS",
+        help="a streaming artifact: the frame hop for the real-time factor when its manifest has none (default 10)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE.npz",
+        help="a streaming artifact: start from this state (arrays named by state or input name) instead of zeros",
+    )
     p.add_argument("--remote", metavar="HOST:PORT", help="TVM RPC tracker to time the artifact on a device")
     p.add_argument("--key", help="device key registered with the tracker")
     p.add_argument(
@@ -77,6 +88,10 @@ def check_args(args) -> None:
                     "profile the folders one at a time for it; side by side each report goes to DIR/profile.json",
                 )
     check_output(args.output)
+    if args.frame_period_ms is not None and args.frame_period_ms <= 0:
+        raise UserError(f"--frame-period-ms must be > 0, got {args.frame_period_ms:g}", "pass --frame-period-ms 10")
+    if args.state and len(args.artifact) > 1:
+        raise UserError("--state takes one streaming artifact", "profile the folders one at a time for it")
 
 
 def run(args) -> int:
@@ -85,7 +100,11 @@ def run(args) -> int:
 
     settings = _settings(args)
     if len(args.artifact) == 1:
-        reports = [profile_artifact(args.artifact[0], remote=args.remote, key=args.key, output=args.output, **settings)]
+        stream = dict(frame_period_ms=args.frame_period_ms, state=args.state)
+        one = profile_artifact(
+            args.artifact[0], remote=args.remote, key=args.key, output=args.output, **stream, **settings
+        )
+        reports = [one]
     else:
         reports = profile_artifacts(args.artifact, **settings)
     if args.json:

@@ -14,8 +14,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 import edgeformer
-from edgeformer.errors import UserError
+from edgeformer.errors import UserError, first_line
 from edgeformer.latency import (
     LatencyStats,
     Phases,
@@ -89,8 +91,14 @@ def profile_artifact(
     remote: str | None = None,
     key: str | None = None,
     output: str | Path | None = None,
+    frame_period_ms: float | None = None,
+    state: str | Path | None = None,
 ) -> LatencyReport:
     """Measure an artifact; writes ``profile.json`` (default: inside the artifact folder).
+
+    A streaming artifact (``compile --streaming``) is timed step by step with its state carried,
+    and the report's ``streaming`` block gives the per-frame latency, the real-time factor at the
+    frame period (the manifest's, else ``frame_period_ms``, else 10 ms) and the cost of a reset.
 
     ``report.path`` is where it was written.
     """
@@ -104,10 +112,12 @@ def profile_artifact(
     )
     out = check_output(output)
     art = _load(path, threads)
+    start = _load_state(art, state)
     inputs = art.example_inputs()
     measurement = MeasurementSettings(warmup, min_runs, min_seconds, cooldown_s)
     notes: list[str] = []
     remote_info = None
+    stream_info = None
     art.target.import_sdk()  # before any timer: load_ms is not the Python import of the runtime
     if remote:
         result = art.target.profile_remote(
@@ -122,6 +132,17 @@ def profile_artifact(
         phases, settings, machine, remote_info = result.phases, result.settings, result.machine, result.remote
         notes += result.notes
         op_profile = result.ops
+    elif art.manifest.streaming:
+        runner, phases, stream_info = _measure_stream(
+            art, warmup, min_runs, min_seconds, cooldown_s, frame_period_ms, start
+        )
+        settings, machine = runner.runner.settings(), machine_info()
+        runner.close()
+        notes.append(
+            "a streaming artifact: each timed call is one step (a frame in, the logits so far and the "
+            "new state out), the state carried from step to step"
+        )
+        op_profile = _profile_ops(art, inputs, ops, ops_runs, notes)
     else:
         art.check_inputs(inputs)
         runner, phases = measure(
@@ -136,8 +157,76 @@ def profile_artifact(
         runner.close()
         op_profile = _profile_ops(art, inputs, ops, ops_runs, notes)
     report = _report(art, phases, settings, machine, measurement, op_profile, notes, remote_info)
+    report.streaming = stream_info
     report.write(out or art.path / "profile.json")
     return report
+
+
+DEFAULT_FRAME_PERIOD_MS = 10.0  # the real-time factor's period when neither the manifest nor the caller gives one
+
+
+def _load_state(art: LoadedArtifact, state: str | Path | None) -> dict | None:
+    """The ``--state`` arrays, refused unless the artifact streams and the file is a readable .npz."""
+    if state is None:
+        return None
+    if not art.manifest.streaming:
+        raise UserError(
+            f"--state: {art.path} is not a streaming artifact", "compile it with --streaming, or drop --state"
+        )
+    try:
+        with np.load(state, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--state {state} is not a readable .npz ({first_line(err)})", "pass a numpy .npz file"
+        ) from err
+    return arrays
+
+
+def _measure_stream(art: LoadedArtifact, warmup, min_runs, min_seconds, cooldown_s, frame_period_ms, start=None):
+    """Time one step per call with the state carried; then ``reset()`` on its own."""
+    block = art.manifest.streaming
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((64, *block["frame"]["shape"])).astype(np.float32)
+    count = [0]
+
+    def push(sr):
+        sr.push(frames[count[0] % len(frames)])
+        count[0] += 1
+
+    runner, phases = measure(
+        lambda: art.streaming_runner(start),
+        push,
+        warmup=warmup,
+        min_runs=min_runs,
+        min_seconds=min_seconds,
+        cooldown_s=cooldown_s,
+    )
+    resets = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        runner.reset()
+        resets.append((time.perf_counter() - t0) * 1e3)
+    period, origin = block.get("frame_period_ms"), "manifest"
+    if period is None:
+        period = frame_period_ms or DEFAULT_FRAME_PERIOD_MS
+        origin = (
+            "--frame-period-ms"
+            if frame_period_ms
+            else f"assumed ({DEFAULT_FRAME_PERIOD_MS:g} ms; the manifest has none)"
+        )
+    w = phases.warm
+    info = {
+        "frame_ms": {"median": w.median_ms, "p90": w.p90_ms, "p99": w.p99_ms},
+        "frames": w.runs,
+        "frame_period_ms": period,
+        "frame_period_origin": origin,
+        "real_time_factor": w.median_ms / period,
+        "reset_ms": float(np.median(resets)),
+        "reset": "StreamingRunner.reset(): every state back to its initial value (host arrays; no runtime call)",
+        "delay_frames": block["delay_frames"],
+    }
+    return runner, phases, info
 
 
 def profile_artifacts(

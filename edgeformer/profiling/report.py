@@ -63,6 +63,8 @@ class LatencyReport:
     edgeformer_version: str = ""
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    # a streaming artifact: per-frame latency, real-time factor at the frame period, reset cost
+    streaming: dict | None = None
     # Where write() put it (not part of the file): what the CLI says it wrote.
     path: Path | None = field(default=None, compare=False, repr=False)
 

@@ -350,6 +350,15 @@ def profile_table(report, console, *, top: int = 15) -> None:
             justify_right=range(9),
         )
     )
+    if report.streaming:
+        st = report.streaming
+        f = st["frame_ms"]
+        console.print(
+            f"streaming: per frame median {f['median']:.3f} ms, p90 {f['p90']:.3f}, p99 {f['p99']:.3f} "
+            f"({st['frames']} frames, state carried); real-time factor {st['real_time_factor']:.4f} at a "
+            f"{st['frame_period_ms']:g} ms frame period ({st['frame_period_origin']}); reset {st['reset_ms']:.4f} ms; "
+            f"look-ahead {st.get('delay_frames', '?')} frames"
+        )
     if report.budget:
         verdict = "[green]met[/green]" if report.budget.met else "[red]missed[/red]"
         console.print(f"budget {report.budget.latency_ms} ms: {verdict}")

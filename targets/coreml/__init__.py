@@ -46,6 +46,7 @@ from edgeformer.ir import op_name
 from .._support import dtype_name, input_shapes, quiet_sdk, unsupported_op_error
 from ..base import CompileResult, OpProfile, OpTime, Runner, Target
 from . import compress
+from .stateful import STATE_PREFIX, convert_stateful
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,8 @@ class CoreMLTarget(Target):
                 'use precision = "fp16" or "fp32" with [options] compression = "w8", "palettize4", '
                 '"palettize6" or "w8a8" for int8/palettized weights',
             )
+        if is_streaming_step(graph):
+            return _compile_stateful(graph, profile, out_dir)
         target = _deployment_target(ct, opts.minimum_deployment_target)
         compression = opts.compression
         if compression != "none":
@@ -373,6 +376,14 @@ class CoreMLTarget(Target):
         files = sorted(p.relative_to(out_dir).as_posix() for p in package.rglob("*") if p.is_file())
         return CompileResult(files=files, details=details, structural_checks=checks)
 
+    def cannot_stream(self, profile) -> str | None:
+        """Core ML streams as a stateful model (fp16 states, iOS 18) at fp16 or fp32 compute."""
+        if profile.options.compression != "none":
+            return f"a compressed Core ML model ({profile.options.compression}) does not stream; compile it uncompressed"
+        if profile.options.precision not in ("fp16", "fp32"):
+            return f"Core ML streams at fp16 or fp32, the profile asks for {profile.options.precision}"
+        return None
+
     def load(self, artifact) -> CoreMLRunner:
         reason = self.can_run_here(artifact.profile)
         if reason:
@@ -429,3 +440,45 @@ class CoreMLTarget(Target):
                 f"compute units {profile.options.compute_units}; device = the op's preferred compute unit",
             ],
         )
+
+
+def is_streaming_step(graph) -> bool:
+    """A ``compile --streaming`` step: inputs ``frame``, ``flush`` and ``state_*`` (edgeformer/streaming.py)."""
+    names = list(graph.input_names)
+    return names[:2] == ["frame", "flush"] and len(names) > 2 and all(n.startswith(STATE_PREFIX) for n in names[2:])
+
+
+class _Step:
+    """The rewritten step program as a module ``convert_stateful`` can hold: an exported program's
+    module refuses ``eval()``, which is a no-op for it (it was exported in eval mode)."""
+
+    def __new__(cls, module):
+        import torch
+
+        class Step(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                object.__setattr__(self, "inner", module)  # not a child: eval() must not reach it
+
+            def forward(self, *args):
+                return self.inner(*args)
+
+        return Step()
+
+
+def _compile_stateful(graph, profile, out_dir: Path) -> CompileResult:
+    """The streaming step as a stateful ML program: every ``state_*`` a Core ML state (fp16, iOS 18),
+    the app feeding only ``frame`` and ``flush`` (targets/coreml/stateful.py)."""
+    shapes = input_shapes(graph)
+    states = [(n[len(STATE_PREFIX) :], tuple(sh)) for n, sh in zip(graph.input_names[2:], shapes[2:])]
+    package = out_dir / PACKAGE
+    details = convert_stateful(
+        _Step(graph.program.module()), states, package, frame_shape=tuple(shapes[0]), precision=profile.options.precision
+    )
+    checks = details.pop("checks")
+    details["streaming"] = (
+        "a stateful model: the manifest's streaming states are Core ML states (make_state() once, then "
+        "predict(frame, flush) updates them in place); validated structurally on this OS"
+    )
+    files = sorted(p.relative_to(out_dir).as_posix() for p in package.rglob("*") if p.is_file())
+    return CompileResult(files=files, details=details, structural_checks=checks)

@@ -94,7 +94,7 @@ class LMUMemory(nn.Module):
     def forward(self, u: Tensor, st: State | None = None) -> Tensor:
         if st is not None:  # streaming: continue from the carried memory
             m = self._recurrent(u, st.get(self.state_key))
-            st[self.state_key] = m[..., -1]
+            st[self.state_key] = m[..., m.shape[-1] - 1]  # a positive index: TVM 0.27 shifts m[..., -1] by one
             return m
         if self.mode == "conv":
             return self._conv(u)
