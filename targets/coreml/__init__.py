@@ -379,7 +379,8 @@ class CoreMLTarget(Target):
     def cannot_stream(self, profile) -> str | None:
         """Core ML streams as a stateful model (fp16 states, iOS 18) at fp16 or fp32 compute."""
         if profile.options.compression != "none":
-            return f"a compressed Core ML model ({profile.options.compression}) does not stream; compile it uncompressed"
+            kind = profile.options.compression
+            return f"a compressed Core ML model ({kind}) does not stream; compile it uncompressed"
         if profile.options.precision not in ("fp16", "fp32"):
             return f"Core ML streams at fp16 or fp32, the profile asks for {profile.options.precision}"
         return None
@@ -472,9 +473,8 @@ def _compile_stateful(graph, profile, out_dir: Path) -> CompileResult:
     shapes = input_shapes(graph)
     states = [(n[len(STATE_PREFIX) :], tuple(sh)) for n, sh in zip(graph.input_names[2:], shapes[2:])]
     package = out_dir / PACKAGE
-    details = convert_stateful(
-        _Step(graph.program.module()), states, package, frame_shape=tuple(shapes[0]), precision=profile.options.precision
-    )
+    step, precision = _Step(graph.program.module()), profile.options.precision
+    details = convert_stateful(step, states, package, frame_shape=tuple(shapes[0]), precision=precision)
     checks = details.pop("checks")
     details["streaming"] = (
         "a stateful model: the manifest's streaming states are Core ML states (make_state() once, then "
