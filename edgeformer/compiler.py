@@ -156,7 +156,12 @@ def plan(
     pipeline = target.default_pipeline(prof).edited(prof.pipeline.add, prof.pipeline.drop, passes)
     pipeline = with_pass_options(pipeline, prof.pipeline.options, pass_options or {})
     source = load_model(
-        model, input_shapes=input_shapes, weights=weights, factory_args=factory_args, streaming=streaming
+        model,
+        input_shapes=input_shapes,
+        weights=weights,
+        factory_args=factory_args,
+        streaming=streaming,
+        loops=target.exports_loops,
     )
     pipeline = _model_transforms_first(pipeline, source)
     return Plan(source, prof, target, pipeline, _cache_key(source, pipeline, target, prof))
@@ -298,6 +303,8 @@ def build(plan: Plan, rewritten: Rewritten, folder: Path, calibration: Calibrati
             "add --calib digits|sample-images|FILE.npz|FOLDER (calib= in the Python API)",
         )
     result = target.compile(rewritten.graph, prof, folder, calibration=calibration)
+    if note := _recurrence_note(plan):
+        result.details = {**result.details, "recurrence": note}
     manifest = Manifest(
         model=plan.source.info,
         ir_hash=graph.hash(),
@@ -323,6 +330,22 @@ def build(plan: Plan, rewritten: Rewritten, folder: Path, calibration: Calibrati
         edgeformer_version=edgeformer.__version__,
     )
     return Built(folder, result, manifest)
+
+
+def _recurrence_note(plan: Plan) -> str | None:
+    """How a spiking model's LIF recurrences were exported (None for a model without them)."""
+    module = plan.source.module
+    if module is None or not any(type(m).__name__ == "LIF" for m in module.modules()):
+        return None
+    scans = sum(1 for n in plan.graph.program.graph.nodes if n.op == "call_function" and "scan" in str(n.target))
+    if scans:
+        return f"each LIF recurrence exported as one scan over the tokens ({scans} scans), not unrolled"
+    if plan.source.graph.input_names[:2] == ("frame", "flush"):
+        return "a streaming step: one token per call, no recurrence to unroll"
+    return (
+        f"the LIF recurrences are unrolled, one group of nodes per token: the {plan.target.name} target "
+        "takes no scan (slow to compile; a --streaming step artifact compiles in seconds)"
+    )
 
 
 # ---------------------------------------------------------------------------------------- verify

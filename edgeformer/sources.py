@@ -29,6 +29,7 @@ from edgeformer.checkpoints import load_weights
 from edgeformer.errors import UserError, first_line
 from edgeformer.manifest import ModelInfo, WeightsInfo, sha256_file
 from edgeformer.models import ModelSpec, get_spec
+from edgeformer.models.lmuformer.spiking import lif_loops
 
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 INT_RANGE = (0, 2)  # example values of integer inputs: low inclusive, high exclusive
@@ -243,6 +244,7 @@ def load_model(
     name: str | None = None,
     factory_args: Mapping[str, object] | None = None,
     streaming: bool = False,
+    loops: bool = False,
 ) -> ModelSource:
     """Resolve MODEL (zoo name | file.pt2 | package.module:factory | nn.Module | ir.Graph) to the IR.
 
@@ -250,6 +252,8 @@ def load_model(
     ``factory_args`` are keyword arguments for a ``package.module:factory`` (``--factory-arg``).
     ``streaming``: export one step of the model with explicit state (its ``step_model()``,
     edgeformer/streaming.py) instead of the whole window; the source's module is then the step.
+    ``loops``: export a spiking model's LIF recurrences as one scan each, not unrolled per token
+    (for a target with ``exports_loops``).
     """
     factory_args = dict(factory_args or {})
     if isinstance(ref, ir.Graph):
@@ -328,7 +332,8 @@ def load_model(
     else:
         inputs = _example_inputs(shapes)
     try:
-        graph = ir.export(module, inputs, name=info.name, input_names=input_names, dynamic_batch=dynamic_batch)
+        with lif_loops(loops):
+            graph = ir.export(module, inputs, name=info.name, input_names=input_names, dynamic_batch=dynamic_batch)
     except UserError as err:
         if spec is not None and (better := _zoo_shape_error(spec, shapes, module)):
             raise better from err

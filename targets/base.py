@@ -256,6 +256,10 @@ class Target(ABC):
         also reported against those, since they are what the runtime's plain user gets.  () here."""
         return ()
 
+    # Whether the target takes a recurrence exported as one ``torch.scan`` (ONNX ``Scan``) rather
+    # than unrolled per token (a spiking model's LIF neurons: edgeformer.models.lmuformer.lif_loops).
+    exports_loops: bool = False
+
     def cannot_stream(self, profile: DeviceProfile) -> str | None:
         """Why this target cannot compile a streaming step for ``profile`` (None: it can).  The
         step is exact fp32: a lower precision would drift the carried state frame after frame."""

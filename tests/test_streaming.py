@@ -228,3 +228,35 @@ def test_core_ml_gets_a_stateful_model_validated_structurally(tmp_path):
     assert m.target_details["deployment_target"] == "iOS18"
     assert len(m.target_details["states"]) == len(m.streaming["states"])
     assert m.target_details["inputs"] == ["frame", "flush"]
+
+
+def test_lif_recurrences_export_as_one_scan_each_with_the_same_spikes():
+    """The whole-window spiking model: one scan per LIF instead of ~6 nodes per token (the compile
+    that took minutes), the same outputs and spikes; a target without scans gets the unrolled form."""
+    from edgeformer import ir
+    from edgeformer.models.lmuformer.spiking import lif_loops
+
+    net = _net("spiking_lmuformer_tiny")
+    x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(5)) * 4
+    unrolled = ir.export(net, (x,), name="u")
+    with lif_loops():
+        looped = ir.export(net, (x,), name="l")
+    nodes = [n for n in looped.program.graph.nodes if n.op == "call_function"]
+    lifs = sum(1 for m in net.modules() if type(m).__name__ == "LIF")
+    assert sum("scan" in str(n.target) for n in nodes) == lifs
+    assert len(nodes) < len([n for n in unrolled.program.graph.nodes if n.op == "call_function"]) / 2
+    assert torch.equal(ir.run(looped, (x,))[0], ir.run(unrolled, (x,))[0])
+    with torch.no_grad():
+        spikes, handles = record_spikes(net)
+        with lif_loops():  # eager: the Python loop (the scan is for export only)
+            net(x)
+        for h in handles:
+            h.remove()
+    assert sum(int(s[0].sum()) for s in spikes.values()) > 0
+
+
+@pytest.mark.parametrize("profile,form", [("host-ort", "one scan"), ("host-openvino", "unrolled")])
+def test_the_manifest_says_how_the_recurrence_was_exported(profile, form, tmp_path):
+    report = compile_model("spiking_lmuformer_tiny", profile, tmp_path / "a", use_cache=False)
+    assert form in report.manifest.target_details["recurrence"]
+    assert report.manifest.numerics.status == "passed"

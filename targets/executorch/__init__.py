@@ -592,6 +592,7 @@ def _fallback_nodes(artifact) -> list[dict]:
 
 
 class ExecuTorchTarget(Target):
+    exports_loops = True  # a LIF recurrence as one scan: ExecuTorch runs it on its portable kernels
     name = "executorch"
     description = "PyTorch ExecuTorch with the XNNPACK delegate; ships model.pte (Android, iOS, Linux)"
     extra = "executorch"

@@ -103,6 +103,7 @@ class OrtRunner(Runner):
 
 
 class OnnxRuntimeTarget(Target):
+    exports_loops = True  # a LIF recurrence as one scan: ONNX Scan
     name = "onnxruntime"
     description = (
         "ONNX Runtime, CPU execution provider; ships model.onnx and model.ort (ORT format: specific to "

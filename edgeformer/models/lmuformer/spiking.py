@@ -3,6 +3,9 @@ token axis), the spiking tokenizer, LMU cell, mixer and FFN, and :func:`record_s
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -10,6 +13,34 @@ from .memory import LMUMemory
 from .streaming import State, _Lookahead
 
 # ----------------------------------------------------------------------------------- LIF neuron
+
+_LOOPS = [False]  # set by lif_loops(): export the inference recurrence as one scan
+
+
+@contextlib.contextmanager
+def lif_loops(enabled: bool = True):
+    """Within the block, a LIF in inference runs its recurrence as ``torch.scan`` (one graph node
+    that exports to ONNX ``Scan``) instead of a Python loop that ``torch.export`` unrolls into ~6
+    nodes per token.  Same ops per step, so the spikes are the same bit for bit."""
+    before = _LOOPS[0]
+    _LOOPS[0] = enabled
+    try:
+        yield
+    finally:
+        _LOOPS[0] = before
+
+
+@functools.cache
+def _lif_step(tau: float, v_threshold: float):
+    """One inference step of :class:`LIF` (the scan body): ``(v, x_t) → (v', s_t)``; the constants
+    are closed over (a ``partial`` would make them symbolic floats, which scan refuses)."""
+
+    def step(v: Tensor, x_t: Tensor):
+        v = v + (x_t - v) / tau
+        s = v >= v_threshold
+        return torch.where(s, 0.0, v), s.to(x_t.dtype)
+
+    return step
 
 
 class _SigmoidSpike(torch.autograd.Function):
@@ -57,6 +88,13 @@ class LIF(nn.Module):
                 v = v * (1.0 - s.detach())  # detach_reset
                 spikes.append(s)
             out = torch.stack(spikes, dim=-1)
+        elif _LOOPS[0] and st is None and torch.compiler.is_exporting():  # one scan (lif_loops)
+            from torch._higher_order_ops.scan import scan
+
+            d = x.dim()
+            step = _lif_step(float(self.tau), float(self.v_threshold))
+            v, ys = scan(step, v, x.permute(d - 1, *range(d - 1)), dim=0)  # permute: TVM lacks movedim
+            out = ys.permute(*range(1, d), 0)
         else:  # inference: ~6 exported graph nodes per token (select, sub, div, add, ge, where)
             for x_t in x.unbind(-1):
                 v = v + (x_t - v) / self.tau
