@@ -8,8 +8,9 @@ Per runtime (ONNX Runtime, OpenVINO, ExecuTorch, TVM), for ``lmuformer`` and ``s
 * ``window``: the whole-window artifact once, which is what a device recomputes for every new frame
   without a step artifact (so it is also "the parallel model over the full window once").
 
-The spiking whole-window model is compiled only with ``--spiking-window`` (its LIF recurrence
-unrolls to ~8.5k nodes: minutes per runtime); its compile time is printed when it is.
+The spiking whole-window model is compiled on the runtimes that take its LIF recurrences as one
+scan each (ONNX Runtime, ExecuTorch: seconds); elsewhere they unroll to ~8.5k nodes (minutes), so
+only with ``--spiking-window``.  Its compile time is printed against the 30 s goal.
 
 Streaming accuracy: the tiny trained models (digits rows as 8 frames) on the 360 held-out test
 images, after every frame (the step's logits, which cover the tokens whose look-ahead is complete)
@@ -38,8 +39,10 @@ from _common import alternate, summarize, write_result  # noqa: E402
 
 from edgeformer.compiler import compile as compile_model  # noqa: E402
 from edgeformer.data import digits_dataset  # noqa: E402
+from edgeformer.device_profiles import load_profile  # noqa: E402
 from edgeformer.runtime import load_artifact  # noqa: E402
 from edgeformer.sources import load_model  # noqa: E402
+from edgeformer.targets import get_target  # noqa: E402
 from edgeformer.training import train  # noqa: E402
 
 RUNTIMES = {"ort": "host-ort", "openvino": "host-openvino", "executorch": "host-executorch", "tvm": "host-tvm"}
@@ -66,7 +69,8 @@ def latency(models, runtimes, rounds, spiking_window, tmp: Path) -> dict:
 
             candidates = {"step": push}
             row = {"step_compile_s": round(step_compile, 1)}
-            if model != "spiking_lmuformer" or spiking_window:
+            loops = get_target(load_profile(prof).target).exports_loops  # the spiking window compiles in seconds
+            if model != "spiking_lmuformer" or spiking_window or loops:
                 t0 = time.perf_counter()
                 win_dir = compile_model(model, prof, tmp / f"{model}-{rt}-win", use_cache=False).path
                 row["window_compile_s"] = round(time.perf_counter() - t0, 1)
