@@ -47,7 +47,6 @@ app-facing ones, and the specification version is iOS18's.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import uuid
@@ -60,6 +59,8 @@ from torch import Tensor, nn
 
 from edgeformer.errors import UserError, first_line
 from edgeformer.ir import op_name
+
+from .._support import quiet_sdk
 
 log = logging.getLogger(__name__)
 
@@ -201,21 +202,11 @@ def _unconvertible_ops(program) -> list[str]:
 
 @contextlib.contextmanager
 def _quiet():
-    """coremltools' import-time warnings and progress bars (see targets/_support.quiet_sdk)."""
-    saved = {}
-    for name in _SDK_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() > logging.DEBUG:
-            saved[name] = logger.level
-            logger.setLevel(logging.ERROR)
-    bars = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(bars), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
+    """coremltools' import-time warnings and progress bars (targets/_support.quiet_sdk), and its
+    Python warnings."""
+    with quiet_sdk(*_SDK_LOGGERS), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _fix_package_manifest(package: Path) -> None:
