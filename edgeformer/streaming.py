@@ -26,7 +26,6 @@ from edgeformer.models.lmuformer import record_spikes
 from edgeformer.models.lmuformer.streaming import io_name
 from edgeformer.numerics import compare
 from edgeformer.runtime import StreamingRunner
-from edgeformer.sources import step_module as step_module
 from edgeformer.targets import Runner
 
 CHECK_FRAMES = 128  # frames the numerics check streams (fewer when the model's window is shorter)
