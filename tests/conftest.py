@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,8 +63,11 @@ FACTORY_SOURCE = textwrap.dedent(
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test gets its own compile/tuning cache so tests never see each other's artifacts."""
+    """Each test gets its own compile/tuning cache so tests never see each other's artifacts.
+    Runtime downloads for bundles (sha256-pinned or pip-verified wheels) stay in the user's cache."""
     monkeypatch.setenv("EDGEFORMER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    if not os.environ.get("EDGEFORMER_RUNTIME_CACHE"):
+        monkeypatch.setenv("EDGEFORMER_RUNTIME_CACHE", str(Path.home() / ".cache" / "edgeformer" / "runtimes"))
 
 
 @pytest.fixture

@@ -37,6 +37,18 @@ def test_wheel_installs_passes_targets_profiles_only_under_edgeformer(tmp_path):
     assert "edgeformer/targets/tvm/search.py" in names and "edgeformer/cli/compile.py" in names
     assert "edgeformer/models/lmuformer/model.py" in names and "edgeformer/report/text.py" in names
     assert "edgeformer/schemas/profile.schema.json" in names
+    # edgeformer bundle's C sources, CMake files and runtime specs ship in the wheel
+    for f in (
+        "CMakeLists.txt",
+        "include/edgeformer.h",
+        "src/edgeformer.cpp",
+        "src/backend_onnxruntime.cpp",
+        "examples/example.c",
+        "cmake/aarch64-linux-gnu.cmake",
+        "tools/run-aarch64.sh",
+        "runtimes/onnxruntime.json",
+    ):
+        assert f"edgeformer/bundle/files/{f}" in names, f
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from edgeformer import __version__
 from edgeformer.cli import (
     _common,
+    bundle,
     cache,
     compile,
     export,
@@ -51,6 +52,7 @@ COMMANDS = (
     rewrite,
     compile,
     profile,
+    bundle,
     train,
     tune,
     cache,
