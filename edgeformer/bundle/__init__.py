@@ -167,7 +167,13 @@ def _write(art, platform: str, machine: str, root: Path, bundle: Bundle, threads
             shutil.copyfile(root / f, assets / Path(f).name)
         mobile.write_android(root, io, ort_aar=runtimes.ort_aar())
     if platform == "ios-arm64":
-        mobile.write_ios(root, io)
+        # ONNX Runtime's official iOS xcframework (device, simulator, Mac Catalyst), from the same npm package
+        xcf = (
+            runtimes.ort_npm_root() / "Plugins" / "iOS~" / "onnxruntime.xcframework"
+            if runtime == "onnxruntime"
+            else None
+        )
+        mobile.write_ios(root, io, ort_xcframework=xcf)
     (root / "README.md").write_text(_readme(io, rt_files, bundle))
 
 
@@ -194,6 +200,8 @@ def _model_files(art, platform: str, machine: str, model_dir: Path, bundle: Bund
         else:
             ort.convert_for_arm(art.path / "model.onnx", dest)
             how = "model.onnx converted for ARM (--target_platform arm: no x86 NCHWc nodes)"
+        if platform != "linux-x86_64":
+            ort.refuse_x86_layout(dest)  # never an x86-only model on ARM, whatever the manifest says
         (model_dir / "required_operators.config").write_text(ort.required_operators(dest))
         bundle.verified.append(f"model/model.ort: {how}")
         return ["model/model.ort"]

@@ -33,11 +33,17 @@ def convert_for_arm(onnx_path: Path, dest: Path) -> Path:
                 f"ONNX Runtime could not convert {onnx_path} for ARM: {tail}", "run with --debug and report it"
             )
         shutil.move(str(made), str(dest))
-    nchwc = [n for n in ort_nodes(dest) if n[0] == "com.microsoft.nchwc"]
-    if nchwc:  # never ship an x86-only model to an ARM platform
-        dest.unlink()
-        raise UserError(f"the ARM conversion of {onnx_path} still has {len(nchwc)} x86 NCHWc nodes", "report it")
     return dest
+
+
+def refuse_x86_layout(ort_path: Path) -> None:
+    """A UserError when the ``.ort`` has x86 NCHWc layout nodes (they abort on ARM CPUs)."""
+    nchwc = [n for n in ort_nodes(ort_path) if n[0] == "com.microsoft.nchwc"]
+    if nchwc:
+        raise UserError(
+            f"{ort_path.name} has {len(nchwc)} x86 NCHWc layout nodes, which ARM CPUs cannot run",
+            "compile with a portable profile (android-arm64-ort) and bundle that",
+        )
 
 
 def required_operators(ort_path: Path) -> str:

@@ -16,7 +16,6 @@ The cache is ``$EDGEFORMER_RUNTIME_CACHE``, else ``<cache root>/runtimes`` (``ed
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from edgeformer.errors import UserError
 from edgeformer.fsutil import cache_root, make_temp_dir
+from edgeformer.manifest import sha256_file
 
 FILES = Path(__file__).parent / "files"
 
@@ -59,7 +59,7 @@ def spec(runtime: str) -> dict:
 
 def _fetch(url: str, sha256: str, dest: Path) -> Path:
     """Download ``url`` to ``dest`` once, refusing it unless its sha256 is ``sha256``."""
-    if dest.exists() and _sha256(dest) == sha256:
+    if dest.exists() and sha256_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
@@ -69,20 +69,12 @@ def _fetch(url: str, sha256: str, dest: Path) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not download {url}: {e}", "check the network, or fill the runtime cache by hand") from e
-    got = _sha256(tmp)
+    got = sha256_file(tmp)
     if got != sha256:
         tmp.unlink(missing_ok=True)
         raise UserError(f"{url} has sha256 {got}, expected {sha256}", "the package changed upstream: do not use it")
     os.replace(tmp, dest)
     return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def ort_npm_root() -> Path:

@@ -329,7 +329,7 @@ def test_x86_64_bundles_of_every_runtime_build_and_match_golden(runtime_artifact
     assert io["runtime"]["files"][0] == f"model/{main}"  # the file the C host opens
     cmake_build(out, out / "build")
     log = ctest(out / "build")
-    assert runtime in log and max_abs_error(log) <= 1e-4
+    assert f"{runtime} {io['runtime']['version']}" in log and max_abs_error(log) <= 1e-4  # ef_runtime()
     want = np.fromfile(out / "golden" / "output.bin", dtype="<f4")
     np.testing.assert_allclose(np.fromfile(out / "build" / "output.bin", dtype="<f4"), want, atol=1e-4, rtol=0)
 

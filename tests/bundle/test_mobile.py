@@ -571,14 +571,15 @@ def test_ios_coreml_swift_wrapper_matches_the_mlpackage_spec(ios):
 
 def test_ios_onnxruntime_package_names_existing_paths(artifacts, tmp_path):
     """NOTHING WAS COMPILED.  An ORT iOS bundle: the C target (bundle src + header + module map)
-    and the Swift target exist; the xcframework's path is the one the README says to fill."""
+    and the Swift target exist, and so does the official xcframework the bundle ships (from the
+    pinned npm package) at the path the binaryTarget names."""
     root = build_bundle(artifacts["ort"], "ios-arm64", tmp_path / "bundle").path
     ios = root / "ios"
     package = (ios / "Package.swift").read_text()
     paths = _package_paths(package)
     assert paths == [mobile.IOS_ORT_XCFRAMEWORK, "Sources/EdgeformerC", "Sources/EdgeformerModel"]
-    assert all((ios / p).is_dir() for p in paths[1:])
-    assert mobile.IOS_ORT_XCFRAMEWORK in (ios / "README.md").read_text()
+    assert all((ios / p).is_dir() for p in paths)
+    assert (ios / mobile.IOS_ORT_XCFRAMEWORK / "Info.plist").is_file()
     c = ios / "Sources" / "EdgeformerC"
     assert (c / "include" / "edgeformer.h").read_bytes() == (root / "include" / "edgeformer.h").read_bytes()
     assert 'header "edgeformer.h"' in (c / "include" / "module.modulemap").read_text()

@@ -22,10 +22,3 @@ foreach(_ef_lib executorch executorch_threadpool executorch_kernels_optimized ex
 endforeach()
 set(EF_RUNTIME_DEFINITIONS C10_USING_CUSTOM_GENERATED_MACROS ET_EVENT_TRACER_ENABLED ET_USE_THREADPOOL)
 set(EF_RUNTIME_LINK_OPTIONS "-Wl,--no-as-needed")
-# ef_runtime() reports "executorch <version>": the headers carry no version, io.json does.
-file(READ ${CMAKE_CURRENT_SOURCE_DIR}/io.json _ef_io)
-string(JSON _ef_version ERROR_VARIABLE _ef_err GET "${_ef_io}" runtime version)
-if(NOT _ef_err AND _ef_version MATCHES "^[A-Za-z0-9.+_-]+$")
-  list(APPEND EF_RUNTIME_DEFINITIONS "EF_RUNTIME_VERSION=\"${_ef_version}\"")
-endif()
-set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/io.json)
