@@ -293,11 +293,18 @@ def _postprocess(m) -> dict | None:
 
 
 def _write_c(root: Path, io: dict, runtime: str) -> None:
-    for sub in ("include", "src", "examples", "cmake", "tools"):
+    """The C API and its implementation; on Linux also the CMake project, example and tools (the
+    Android and iOS builds compile ``src/`` from their own Gradle/NDK and Swift packages)."""
+    for sub in ("include", "src"):
         (root / sub).mkdir(exist_ok=True)
     shutil.copyfile(FILES / "include" / "edgeformer.h", root / "include" / "edgeformer.h")
     for name in ("edgeformer.cpp", "backend.hpp", f"backend_{runtime}.cpp"):
         shutil.copyfile(FILES / "src" / name, root / "src" / name)
+    (root / "src" / "bundle_info.cpp").write_text(bundle_info_cpp(io))
+    if not io["platform"].startswith("linux-"):
+        return
+    for sub in ("examples", "cmake", "tools"):
+        (root / sub).mkdir(exist_ok=True)
     shutil.copyfile(FILES / "examples" / "example.c", root / "examples" / "example.c")
     shutil.copyfile(FILES / "CMakeLists.txt", root / "CMakeLists.txt")
     shutil.copyfile(FILES / "cmake" / f"runtime_{runtime}.cmake", root / "cmake" / "runtime.cmake")
@@ -311,7 +318,6 @@ def _write_c(root: Path, io: dict, runtime: str) -> None:
         f'set(EF_RUNTIME {runtime})\nset(EF_PLATFORM {io["platform"]})\nset(EF_PROCESSOR "{processor}")\n'
         f"set(EF_GOLDEN_ATOL {GOLDEN_ATOL})\n"
     )
-    (root / "src" / "bundle_info.cpp").write_text(bundle_info_cpp(io))
 
 
 def _c_str(s: str) -> str:
@@ -371,7 +377,18 @@ def _readme(io: dict, rt_files, bundle: Bundle) -> str:
         f"(profile {io['artifact']['profile']}).  `io.json` lists the inputs, outputs, pre- and post-processing.",
         "",
     ]
-    if runtime != "coreml":
+    if platform in ("android-arm64", "ios-arm64"):
+        folder = platform.split("-")[0]
+        what = "a Gradle module: JNI bridge, Java and Kotlin classes" if folder == "android" else "a Swift package"
+        lines += [
+            "## Build and run",
+            "",
+            f"`{folder}/README.md` has the steps ({what}).",
+            "`include/edgeformer.h` and `src/` are the C API and its implementation that build compiles;",
+            "`golden/` holds one input and its expected output (raw float32) to check an app against.",
+            "",
+        ]
+    elif runtime != "coreml":
         lines += ["## Build and run", "", "```sh"]
         if platform == "linux-aarch64":
             lines += [
