@@ -121,12 +121,12 @@ def test_a_zoo_vit_at_another_input_shape_resamples_its_table_and_says_so(tmp_pa
     from edgeformer.errors import UserError
     from edgeformer.sources import load_model
 
-    src = load_model("vit_tiny", input_shapes=[(1, 3, 48, 48)])
-    assert src.info.resolution.startswith("position table resampled bicubically from 16x16 to 24x24"), src.info
-    assert src.graph.input_shapes() == [[1, 3, 48, 48]]
+    src = load_model("vit_tiny", input_shapes=[(1, 3, 24, 24)])
+    assert src.info.resolution.startswith("position table resampled bicubically from 16x16 to 12x12"), src.info
+    assert src.graph.input_shapes() == [[1, 3, 24, 24]]
     assert load_model("vit_tiny").info.resolution is None
-    with pytest.raises(UserError, match="cannot run at 47x48.*multiple of the patch size 2"):
-        load_model("vit_tiny", input_shapes=[(1, 3, 47, 48)])
-    report = compile_model("vit_tiny", "host-ort", tmp_path / "a", input_shapes=[(1, 3, 48, 48)])
+    with pytest.raises(UserError, match="cannot run at 23x24.*multiple of the patch size 2"):
+        load_model("vit_tiny", input_shapes=[(1, 3, 23, 24)])
+    report = compile_model("vit_tiny", "host-ort", tmp_path / "a", input_shapes=[(1, 3, 24, 24)])
     assert report.manifest.numerics.status == "passed"
-    assert "24x24" in report.manifest.to_dict()["model"]["resolution"]
+    assert "12x12" in report.manifest.to_dict()["model"]["resolution"]

@@ -206,7 +206,7 @@ class ResidualBatchNorm(nn.Module):
         return self.conv1(self.bn(x + self.conv0(x)))
 
 
-def test_a_batch_norm_after_no_conv_is_an_exact_depthwise_conv_that_runs_int8(tmp_path, monkeypatch):
+def test_a_batch_norm_after_no_conv_is_an_exact_depthwise_conv_that_runs_int8(tmp_path):
     """ExecuTorch 1.5.1 cannot lower a lone batch norm on an int8 input (spiking_lmuformer_tiny
     failed so); quantize() rewrites it into the depthwise 1-tap conv it computes first."""
     model = ResidualBatchNorm().eval()
@@ -233,11 +233,8 @@ def test_a_batch_norm_after_no_conv_is_an_exact_depthwise_conv_that_runs_int8(tm
         ref = np.concatenate([model(torch.from_numpy(s[0])).numpy() for s in samples])
     got = np.concatenate([runner.run(s)[0] for s in samples])
     assert _cosine(ref, got) >= 0.995
-
-    # without the rewrite ExecuTorch's own lowering still refuses it: the workaround is needed
-    monkeypatch.setattr(quantize, "batch_norms_as_convs", lambda module: [])
-    with pytest.raises(UserError, match="quantized"):
-        target.compile(graph, profile, tmp_path / "plain", calibration=calib)
+    # Without the rewrite ExecuTorch 1.5.1's lowering refuses the model ("Weight and Input should
+    # both be quantized"); checking that here costs ~60 s in torchao's conv-bn folding, so it is not.
 
 
 class Conv1dStack(nn.Module):
